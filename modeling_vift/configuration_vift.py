@@ -1,0 +1,162 @@
+"""ViFT model configuration.
+
+A composite config in the style of transformers' `LlavaConfig`: a `vision_config` (any transformers vision
+tower, e.g. SigLIP or CLIP) and a `text_config` (any transformers decoder LM, e.g. Qwen2 or Llama), plus the
+projector settings and the defaults of ViFT's ability-fused inference.
+
+This file is part of the remote-code bundle: it imports only transformers and its siblings.
+"""
+
+import math
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+# Vision towers whose hidden states start with a CLS token (dropped by the "default" feature strategy).
+_TOWERS_WITH_CLS_TOKEN = ("clip_vision_model", "clip", "dinov2", "vit")
+
+
+def _as_sub_config(value, default_model_type, name):
+    if value is None:
+        value = {"model_type": default_model_type}
+    if isinstance(value, dict):
+        value = dict(value)
+        model_type = value.pop("model_type", default_model_type)
+        return AutoConfig.for_model(model_type, **value)
+    if isinstance(value, PretrainedConfig):
+        return value
+    raise TypeError(f"`{name}` must be a dict or a PretrainedConfig, got {type(value).__name__}.")
+
+
+class ViFTConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`ViFTForConditionalGeneration`].
+
+    Args:
+        vision_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the vision tower (default: a SigLIP vision config).
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the language model (default: a Qwen2 config).
+        image_token_id (`int`, *optional*):
+            Id of the `<image>` placeholder token in the tokenizer.
+        vision_feature_layer (`int`, *optional*, defaults to -2):
+            Index into the vision tower's `hidden_states` whose patch features are projected (the authors use the
+            second-to-last layer of SigLIP).
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
+            `"default"` drops the CLS token of towers that emit one (CLIP), `"full"` keeps every position.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation between the projector's linear layers.
+        projector_depth (`int`, *optional*, defaults to 2):
+            Number of linear layers of the projector (2 = the authors' `mlp2x_gelu`).
+        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
+            Whether the projector's linear layers have a bias.
+        fusion_alpha (`float`, *optional*, defaults to 0.5):
+            Weight of the text-only prompt's hidden states in fused generation.
+        fusion_beta (`float`, *optional*, defaults to 0.5):
+            Weight subtracted of the multimodal prompt's own hidden states in fused generation.
+        image_seq_length (`int`, *optional*):
+            Number of `<image>` tokens one image expands to; derived from the vision config when not given.
+        fusion_layers (`list[int]` of length 2, *optional*):
+            Half-open range `[start, end)` of decoder layers whose inputs are steered during fused generation.
+            Defaults to the upper half of the language model's layers.
+    """
+
+    model_type = "vift"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config=None,
+        text_config=None,
+        image_token_id=None,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        projector_depth=2,
+        multimodal_projector_bias=True,
+        fusion_alpha=0.5,
+        fusion_beta=0.5,
+        fusion_layers=None,
+        image_seq_length=None,
+        tie_word_embeddings=None,
+        **kwargs,
+    ):
+        self.vision_config = vision_tower_config(_as_sub_config(vision_config, "siglip_vision_model", "vision_config"))
+        self.text_config = _as_sub_config(text_config, "qwen2", "text_config")
+        self.image_token_id = image_token_id
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.projector_hidden_act = projector_hidden_act
+        self.projector_depth = int(projector_depth)
+        self.multimodal_projector_bias = multimodal_projector_bias
+        self.fusion_alpha = float(fusion_alpha)
+        self.fusion_beta = float(fusion_beta)
+
+        if vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got {vision_feature_select_strategy!r}."
+            )
+        if self.projector_depth < 1:
+            raise ValueError(f"projector_depth must be >= 1, got {projector_depth}.")
+
+        num_vision_layers = self.vision_config.num_hidden_layers
+        if not -(num_vision_layers + 1) <= vision_feature_layer <= num_vision_layers:
+            raise ValueError(
+                f"vision_feature_layer={vision_feature_layer} is out of range: the vision tower has "
+                f"{num_vision_layers} layers, so its hidden_states hold {num_vision_layers + 1} entries and the "
+                f"index must lie in [{-(num_vision_layers + 1)}, {num_vision_layers}]."
+            )
+        self.vision_feature_layer = vision_feature_layer
+
+        self.image_seq_length = int(image_seq_length) if image_seq_length else self.default_image_seq_length()
+
+        num_text_layers = self.text_config.num_hidden_layers
+        if fusion_layers is None:
+            fusion_layers = [num_text_layers // 2, num_text_layers]
+        self.fusion_layers = list(check_fusion_layers(fusion_layers, num_text_layers))
+        for name, value in (("fusion_alpha", self.fusion_alpha), ("fusion_beta", self.fusion_beta)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}.")
+
+        if tie_word_embeddings is None:
+            tie_word_embeddings = getattr(self.text_config, "tie_word_embeddings", False)
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def default_image_seq_length(self):
+        return compute_image_seq_length(self.vision_config, self.vision_feature_select_strategy)
+
+
+def vision_tower_config(config):
+    """The vision tower's own config from a tower config or a dual-encoder config (SiglipConfig, CLIPConfig)."""
+    return getattr(config, "vision_config", None) or config
+
+
+def compute_image_seq_length(vision_config, vision_feature_select_strategy="default"):
+    """Tokens one image expands to: one per patch, plus the CLS token of towers that emit one when it is kept."""
+    vision_config = vision_tower_config(vision_config)
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    has_cls = vision_config.model_type in _TOWERS_WITH_CLS_TOKEN
+    return patches + int(has_cls and vision_feature_select_strategy == "full")
+
+
+def add_image_token(tokenizer, image_token="<image>"):
+    """Adds `image_token` to the tokenizer as a special token (if missing) and returns its id."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_additional_special_tokens=False)
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def check_fusion_layers(fusion_layers, num_layers):
+    """Validates a half-open `[start, end)` layer range against a model of `num_layers` decoder layers."""
+    try:
+        start, end = (int(x) for x in fusion_layers)
+    except (TypeError, ValueError):
+        raise ValueError(f"fusion_layers must be a pair [start, end), got {fusion_layers!r}.") from None
+    if not 0 <= start < end <= num_layers:
+        raise ValueError(
+            f"fusion_layers=[{start}, {end}) is invalid for a language model with {num_layers} layers: "
+            f"it must satisfy 0 <= start < end <= {num_layers}."
+        )
+    return start, end
+
+
+__all__ = ["ViFTConfig", "add_image_token", "check_fusion_layers", "compute_image_seq_length"]

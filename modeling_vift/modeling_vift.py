@@ -1,0 +1,378 @@
+"""ViFT: a LLaVA-style vision-language model whose `generate` can fuse the hidden states of the text-only
+prompt into those of the multimodal prompt ("ability-fused inference", Liu et al. 2025, arXiv 2502.11427).
+
+Layout follows transformers' `models/llava`: `ViFTModel` (vision tower, projector, language model; the image
+features are merged into the token embeddings here) and `ViFTForConditionalGeneration` (LM head, loss,
+`GenerationMixin`). The towers are built with `AutoModel.from_config`; no backbone code is copied.
+
+This file is part of the remote-code bundle: it imports only torch, transformers and its siblings.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
+
+
+@dataclass
+class ViFTModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus the projected image features (`(num_images, image_seq_length, hidden)`)."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class ViFTCausalLMOutputWithPast(ModelOutput):
+    """Causal LM output of ViFT: loss, logits, cache, hidden states, attentions and projected image features."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class ViFTMultiModalProjector(nn.Module):
+    """`projector_depth` linear layers with the activation between them (depth 2 = the authors' `mlp2x_gelu`).
+
+    Parameter names `linear_1`, `linear_2`, ... match LLaVA's for depth 2, so llava-hf checkpoints map 1:1.
+    """
+
+    def __init__(self, config: ViFTConfig):
+        super().__init__()
+        self.depth = config.projector_depth
+        in_features = config.vision_config.hidden_size
+        out_features = config.text_config.hidden_size
+        for i in range(self.depth):
+            layer = nn.Linear(in_features if i == 0 else out_features, out_features, bias=config.multimodal_projector_bias)
+            setattr(self, f"linear_{i + 1}", layer)
+        self.act = ACT2FN[config.projector_hidden_act]
+
+    def forward(self, image_features):
+        hidden_states = self.linear_1(image_features)
+        for i in range(2, self.depth + 1):
+            hidden_states = getattr(self, f"linear_{i}")(self.act(hidden_states))
+        return hidden_states
+
+
+class ViFTPreTrainedModel(PreTrainedModel):
+    config_class = ViFTConfig
+    config: ViFTConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["ViFTMultiModalProjector"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module):
+        if isinstance(module, ViFTMultiModalProjector):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            for i in range(1, module.depth + 1):
+                linear = getattr(module, f"linear_{i}")
+                nn.init.normal_(linear.weight, mean=0.0, std=std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+        else:
+            super()._init_weights(module)
+
+
+class ViFTModel(ViFTPreTrainedModel):
+    """Vision tower + projector + language model, without the LM head."""
+
+    def __init__(self, config: ViFTConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = ViFTMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
+        """Runs the vision tower and the projector: `(num_images, C, H, W)` -> `(num_images, tokens, hidden)`."""
+        vision_feature_layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        num_layers = self.config.vision_config.num_hidden_layers
+        if not -(num_layers + 1) <= vision_feature_layer <= num_layers:
+            raise ValueError(
+                f"vision_feature_layer={vision_feature_layer} is out of range for a vision tower with {num_layers} "
+                f"layers ({num_layers + 1} hidden states): use an index in [{-(num_layers + 1)}, {num_layers}]."
+            )
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        tower_dtype = next(self.vision_tower.parameters()).dtype
+        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        features = outputs.hidden_states[vision_feature_layer]
+        patches = (self.config.vision_config.image_size // self.config.vision_config.patch_size) ** 2
+        if strategy == "default" and features.shape[1] == patches + 1:
+            features = features[:, 1:]
+        return self.multi_modal_projector(features)
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
+        """Boolean mask of the `<image>` positions; checks there is exactly one per image feature vector."""
+        if self.config.image_token_id is None:
+            raise ValueError("config.image_token_id is None: the model cannot tell where images go in the prompt.")
+        if input_ids is None:
+            image_embed = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == image_embed).all(-1)
+        else:
+            mask = input_ids == self.config.image_token_id
+        n_tokens = int(mask.sum())
+        n_images, tokens_per_image = image_features.shape[:2]
+        if n_tokens != n_images * tokens_per_image:
+            raise ValueError(
+                f"The prompts hold {n_tokens} image tokens but {n_images} image(s) of {tokens_per_image} tokens each "
+                f"were given ({n_images * tokens_per_image} tokens expected). Each <image> placeholder must be expanded "
+                f"to {tokens_per_image} tokens (ViFTProcessor does this) and the number of placeholders must equal "
+                f"the number of images."
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        vision_feature_layer=None,
+        vision_feature_select_strategy=None,
+        image_features=None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("Pass pixel_values or image_features, not both.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        self._check_length(inputs_embeds, position_ids, past_key_values)
+
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        if image_features is not None:
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
+        elif input_ids is not None and self.config.image_token_id is not None and past_key_values_is_empty(past_key_values):
+            n_tokens = int((input_ids == self.config.image_token_id).sum())
+            if n_tokens:
+                raise ValueError(f"The prompts hold {n_tokens} image tokens but no pixel_values were given.")
+
+        if attention_mask is None and past_key_values is None and position_ids is not None:
+            # Padding-free packed rows: transformers derives the block-diagonal mask from position_ids only when
+            # neither a mask nor a cache is given, so never let the language model create a cache here.
+            kwargs["use_cache"] = False
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **{**kwargs, "return_dict": True},
+        )
+        return ViFTModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+    def _check_length(self, inputs_embeds, position_ids, past_key_values):
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        if max_positions is None:
+            return
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if position_ids is not None and past_key_values is None:
+            longest = int(position_ids.max()) + 1 if position_ids.numel() else 0
+        else:
+            longest = past + inputs_embeds.shape[1]
+        if longest > max_positions:
+            raise ValueError(
+                f"The sequence is {longest} tokens long but the language model supports at most {max_positions} "
+                f"positions (text_config.max_position_embeddings): shorten the prompt or lower max_new_tokens."
+            )
+
+
+def past_key_values_is_empty(past_key_values):
+    return past_key_values is None or past_key_values.get_seq_length() == 0
+
+
+class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
+    """ViFT with a language-modelling head; `generate` supports ViFT's fused inference (`fusion=True`)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: ViFTConfig):
+        super().__init__(config)
+        self.model = ViFTModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if getattr(self, "_auto_class", None) is not None:
+            # register_for_auto_class records one auto class; AutoModel must load the generating model too.
+            module = self.__class__.__module__.rsplit(".", 1)[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map["AutoModel"] = f"{module}.{self.__class__.__name__}"
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_components(cls, vision_model, language_model, image_token="<image>", dtype=None, **config_overrides):
+        """Builds a ViFT model from a pretrained vision tower and a pretrained decoder LM (Hub ids or local paths,
+        e.g. `"google/siglip-so400m-patch14-384"` and `"Qwen/Qwen2.5-7B-Instruct"`).
+
+        The towers keep their pretrained weights; the projector is freshly initialised; `image_token` is added to
+        the language model's tokenizer (as `ViFTProcessor.from_components` does) and the embeddings are resized
+        when the tokenizer outgrows them. `config_overrides` go to `ViFTConfig` (e.g. `fusion_layers=[0, 28]`).
+        """
+        load_kwargs = {"dtype": dtype} if dtype is not None else {}
+        vision_config = vision_tower_config(AutoConfig.from_pretrained(vision_model))
+        vision_class = AutoModel._model_mapping[type(vision_config)]
+        vision = vision_class.from_pretrained(vision_model, **load_kwargs)
+        causal_lm = AutoModelForCausalLM.from_pretrained(language_model, **load_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(language_model)
+        image_token_id = add_image_token(tokenizer, image_token)
+
+        config = ViFTConfig(
+            vision_config=vision.config.to_dict(),
+            text_config=causal_lm.config.to_dict(),
+            image_token_id=image_token_id,
+            **config_overrides,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model.model.vision_tower = vision
+        model.model.language_model = causal_lm.get_decoder()
+        model.lm_head = causal_lm.get_output_embeddings()
+        projector = ViFTMultiModalProjector(config).to(dtype=next(causal_lm.parameters()).dtype)
+        model._init_weights(projector)
+        model.model.multi_modal_projector = projector
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
+        return model
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self):
+        return self.model.multi_modal_projector
+
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
+        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+
+    def forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        logits_to_keep=0,
+        vision_feature_layer=None,
+        vision_feature_select_strategy=None,
+        image_features=None,
+        **kwargs,
+    ):
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets for the causal LM loss (-100 = ignored). In padding-free packed rows (`attention_mask=None`,
+            `position_ids` restarting at 0 per sample) no label is predicted across a sample boundary.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            image_features=image_features,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            if attention_mask is None and position_ids is not None and "shift_labels" not in kwargs:
+                kwargs["shift_labels"] = packed_shift_labels(labels, position_ids)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+
+        return ViFTCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(self, *args, pixel_values=None, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # Images enter only the prefill; decoding steps read them from the KV cache.
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["pixel_values"] = pixel_values
+        else:
+            model_inputs.pop("pixel_values", None)
+        return model_inputs
+
+
+def packed_shift_labels(labels, position_ids):
+    """Next-token targets for padding-free packed rows: the target of a sample's last token (the next sample's
+    first token) is ignored, so no loss crosses a sample boundary."""
+    shift_labels = F.pad(labels[..., 1:], (0, 1), value=-100)
+    next_starts_sample = F.pad(position_ids[..., 1:] == 0, (0, 1), value=True)
+    return shift_labels.masked_fill(next_starts_sample, -100)
+
+
+__all__ = ["ViFTForConditionalGeneration", "ViFTModel", "ViFTPreTrainedModel"]

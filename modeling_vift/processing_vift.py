@@ -1,0 +1,312 @@
+"""ViFT processor: an image processor and a tokenizer, with a chat template.
+
+`<image>` placeholders in the text (or `{"type": "image"}` items of chat messages) expand to
+`image_seq_length` image tokens; the number of placeholders must equal the number of images. With
+`return_text_only=True` the processor also returns the same prompts with the images removed
+(`text_input_ids`, `text_attention_mask`): the text-only prompt q of ViFT's fused inference.
+
+This file is part of the remote-code bundle: it imports only torch, transformers and its siblings.
+"""
+
+import re
+
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+
+from .configuration_vift import add_image_token, compute_image_seq_length
+
+
+# Prepended to the language model's own chat template: turns list-of-items message contents into strings,
+# an image item becoming the image token followed by a newline (the LLaVA/Bunny layout), so the model's
+# native template renders multimodal conversations unchanged.
+_FLATTEN_CONTENT_PREFIX = (
+    "{%- set _vift = namespace(messages=[]) -%}"
+    "{%- for _m in messages -%}"
+    "{%- if _m['content'] is string or _m['content'] is none -%}"
+    "{%- set _vift.messages = _vift.messages + [_m] -%}"
+    "{%- else -%}"
+    "{%- set _vift_text = namespace(value='') -%}"
+    "{%- for _item in _m['content'] -%}"
+    "{%- if _item['type'] == 'image' -%}{%- set _vift_text.value = _vift_text.value + '<image>\n' -%}"
+    "{%- elif _item['type'] == 'text' -%}{%- set _vift_text.value = _vift_text.value + _item['text'] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set _vift.messages = _vift.messages + [{'role': _m['role'], 'content': _vift_text.value}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = _vift.messages -%}"
+)
+
+# Used when the tokenizer has no chat template of its own (ChatML, as Qwen2 uses).
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+def build_chat_template(text_template, image_token="<image>"):
+    """The processor's chat template: the LM's template (or ChatML) behind the content-flattening prefix."""
+    prefix = _FLATTEN_CONTENT_PREFIX.replace("<image>", image_token)
+    return prefix + (text_template or DEFAULT_CHAT_TEMPLATE)
+
+
+def pad_image_to_square(image, fill):
+    """Pads a PIL image to a square with colour `fill` (the authors' stage-2 `pad` aspect-ratio setting)."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def to_rgb(image):
+    """Converts a PIL image of any mode (RGBA, LA, P, L, CMYK, I;16, ...) to RGB; RGBA is composited on white."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return image.point(lambda v: v / 256 if image.mode.startswith("I") else v * 255).convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
+class ViFTProcessor(ProcessorMixin):
+    r"""
+    Processor of ViFT models.
+
+    Args:
+        image_processor: the vision tower's image processor (e.g. `SiglipImageProcessor`).
+        tokenizer: the language model's tokenizer; it must know `image_token` as a single token.
+        chat_template (`str`, *optional*): jinja chat template; `from_components` builds one from the tokenizer's.
+        image_token (`str`, defaults to `"<image>"`): the placeholder for one image in the text.
+        image_seq_length (`int`): number of image tokens one image expands to (the model config's value).
+        pad_to_square (`bool`, defaults to `False`): pad images to a square with the image processor's mean
+            colour before resizing (the authors' stage-2 setting).
+    """
+
+    valid_processor_kwargs = None
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_token="<image>",
+        image_seq_length=None,
+        pad_to_square=False,
+        **kwargs,
+    ):
+        if tokenizer is None or image_processor is None:
+            raise ValueError("ViFTProcessor needs both an image_processor and a tokenizer.")
+        self.image_token = image_token
+        self.image_seq_length = image_seq_length
+        self.pad_to_square = bool(pad_to_square)
+        self.image_token_id = self._lookup_image_token_id(tokenizer, image_token)
+        if chat_template is None:
+            chat_template = build_chat_template(getattr(tokenizer, "chat_template", None), image_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        if self.image_seq_length is None:
+            self.image_seq_length = self._default_image_seq_length()
+
+    @classmethod
+    def from_components(cls, vision_model, language_model, image_token="<image>", pad_to_square=False,
+                        vision_feature_select_strategy="default", **kwargs):
+        """Builds the processor of `ViFTForConditionalGeneration.from_components(vision_model, language_model)`:
+        the vision tower's image processor, the LM's tokenizer with `image_token` added, and a chat template made
+        from the LM's own (images render as `<image>` + newline)."""
+        image_processor = AutoImageProcessor.from_pretrained(vision_model)
+        tokenizer = AutoTokenizer.from_pretrained(language_model)
+        add_image_token(tokenizer, image_token)
+        image_seq_length = compute_image_seq_length(AutoConfig.from_pretrained(vision_model), vision_feature_select_strategy)
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            image_token=image_token,
+            image_seq_length=image_seq_length,
+            pad_to_square=pad_to_square,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _lookup_image_token_id(tokenizer, image_token):
+        ids = tokenizer.encode(image_token, add_special_tokens=False)
+        token_id = tokenizer.convert_tokens_to_ids(image_token)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if len(ids) != 1 or token_id is None or (unk is not None and token_id == unk):
+            raise ValueError(
+                f"The tokenizer does not know the image token {image_token!r} as a single token (it encodes to "
+                f"{len(ids)} ids: {ids[:8]}). Add it with tokenizer.add_special_tokens("
+                f"{{'additional_special_tokens': [{image_token!r}]}}) and resize the model's embeddings, or build "
+                f"both with ViFTForConditionalGeneration.from_components / ViFTProcessor.from_components."
+            )
+        return token_id
+
+    def _default_image_seq_length(self):
+        size = getattr(self.image_processor, "size", None) or {}
+        patch = getattr(self.image_processor, "patch_size", None)
+        if patch is None or "height" not in size:
+            raise ValueError(
+                "image_seq_length was not given and cannot be derived from the image processor: pass the model "
+                "config's `image_seq_length` (ViFTProcessor.from_components does this)."
+            )
+        return (size["height"] // patch) * (size["width"] // patch)
+
+    # ------------------------------------------------------------------ images
+
+    def _mean_fill(self):
+        mean = getattr(self.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+        return tuple(int(round(255 * m)) for m in mean)
+
+    def prepare_images(self, images, pad_to_square=None):
+        """Flattens nested image lists, converts every image to RGB and pads it to square if asked."""
+        from PIL import Image
+
+        pad = self.pad_to_square if pad_to_square is None else pad_to_square
+        flat = []
+
+        def visit(item):
+            if item is None:
+                return
+            if isinstance(item, (list, tuple)):
+                for sub in item:
+                    visit(sub)
+                return
+            if not isinstance(item, Image.Image):
+                raise ValueError(
+                    f"ViFTProcessor takes PIL images (or nested lists of them); got {type(item).__name__}. "
+                    f"Open files with PIL.Image.open and pass the image objects."
+                )
+            image = to_rgb(item)
+            flat.append(pad_image_to_square(image, self._mean_fill()) if pad else image)
+
+        visit(images)
+        return flat
+
+    # ------------------------------------------------------------------ text
+
+    def expand_image_tokens(self, text):
+        """Replaces each `<image>` placeholder with `image_seq_length` image tokens."""
+        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+
+    def strip_images(self, text):
+        """The text-only prompt: the same text with each placeholder (and the newline after it) removed."""
+        return re.sub(re.escape(self.image_token) + r"\n?", "", text)
+
+    def __call__(
+        self,
+        images=None,
+        text=None,
+        return_text_only=False,
+        pad_to_square=None,
+        return_tensors=None,
+        padding=None,
+        padding_side=None,
+        truncation=None,
+        max_length=None,
+        add_special_tokens=False,
+        **kwargs,
+    ):
+        """
+        Tokenises `text` (a string or a list) with every `<image>` expanded, and processes `images` (a PIL image,
+        a list, or a list of per-sample lists, in order of appearance). With `return_text_only=True` it also
+        returns `text_input_ids` / `text_attention_mask`: the prompts with their images removed.
+        Truncation never cuts through image tokens: a truncated prompt raises instead.
+        """
+        if text is None:
+            raise ValueError("ViFTProcessor needs `text`; use processor.image_processor for images alone.")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("`text` must be a string or a list of strings.")
+        flat_images = self.prepare_images(images, pad_to_square)
+        n_placeholders = [t.count(self.image_token) for t in texts]
+        if sum(n_placeholders) != len(flat_images):
+            raise ValueError(
+                f"The text holds {sum(n_placeholders)} {self.image_token} placeholder(s) (per sample: {n_placeholders}) "
+                f"but {len(flat_images)} image(s) were given: the two numbers must be equal."
+            )
+        if padding is None:
+            padding = len(texts) > 1
+        tok_kwargs = dict(
+            padding=padding, add_special_tokens=add_special_tokens, return_tensors=return_tensors, **kwargs
+        )
+        if padding_side is not None:
+            tok_kwargs["padding_side"] = padding_side
+        if truncation:
+            tok_kwargs.update(truncation=truncation, max_length=max_length)
+
+        expanded = [self.expand_image_tokens(t) for t in texts]
+        data = dict(self.tokenizer(expanded, **tok_kwargs))
+        if truncation:
+            self._check_no_cut_images(data["input_ids"], n_placeholders)
+        if flat_images:
+            pixel_values = self.image_processor(flat_images, return_tensors=return_tensors or "pt")["pixel_values"]
+            data["pixel_values"] = pixel_values
+        if return_text_only:
+            text_only = self.tokenizer([self.strip_images(t) for t in texts], **tok_kwargs)
+            data["text_input_ids"] = text_only["input_ids"]
+            data["text_attention_mask"] = text_only["attention_mask"]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_no_cut_images(self, input_ids, n_placeholders):
+        for row, (ids, expected) in enumerate(zip(input_ids, n_placeholders)):
+            ids = ids.tolist() if hasattr(ids, "tolist") else ids
+            found = sum(1 for i in ids if i == self.image_token_id)
+            if found != expected * self.image_seq_length:
+                raise ValueError(
+                    f"Truncation cut through image tokens in sample {row}: {found} image tokens remain of the "
+                    f"{expected * self.image_seq_length} its {expected} image(s) need. Raise max_length or drop "
+                    f"the sample."
+                )
+
+    # ------------------------------------------------------------------ chat
+
+    def apply_chat_template(self, conversation, chat_template=None, tokenize=False, add_generation_prompt=False, **kwargs):
+        """Renders chat messages (string contents, or lists of `{"type": "text"}` / `{"type": "image"}` items)
+        with the processor's template. With `tokenize=True` the images are taken from the image items
+        (`{"type": "image", "image": PIL.Image}`) or from `images=` and the result is processed like `__call__`."""
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        template = chat_template or self.chat_template
+        rendered = [
+            self.tokenizer.apply_chat_template(
+                list(c), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+                **{k: v for k, v in kwargs.items() if k in ("tools", "documents", "continue_final_message")},
+            )
+            for c in conversations
+        ]
+        if not tokenize:
+            return rendered if batched else rendered[0]
+        images = kwargs.pop("images", None)
+        if images is None:
+            images = [
+                item["image"]
+                for c in conversations
+                for m in c
+                if not isinstance(m["content"], str)
+                for item in m["content"]
+                if item.get("type") == "image" and item.get("image") is not None
+            ]
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in ("tools", "documents", "continue_final_message", "return_dict")}
+        return self(images=images or None, text=rendered, **call_kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["ViFTProcessor"]

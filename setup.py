@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vift",
+    version="0.1.0",
+    description="ViFT (visual instruction-free fine-tuning) for vision-language models, native to the Hugging Face stack",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # Only the library is installed; recipes/, hub/ and benchmarks/ are run from a checkout (python -m ...).
+    packages=find_packages(include=["modeling_vift", "modeling_vift.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.17,<6",
+        "trl>=1.0,<2",
+        "peft>=0.17",
+        "accelerate>=1.10",
+        "datasets>=4.0",
+        "huggingface-hub>=1.0",
+        "evaluate>=0.4.5",
+        "pillow>=10.0",
+        "pyyaml>=6.0",
+        "tokenizers>=0.22",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "demo": ["matplotlib>=3.8"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
