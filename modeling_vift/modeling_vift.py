@@ -19,6 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
+from .fusion_vift import explain_fusion, fused_generate
 
 
 @dataclass
@@ -166,7 +167,11 @@ class ViFTModel(ViFTPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and image_features is not None:
             raise ValueError("Pass pixel_values or image_features, not both.")
+        if pixel_values is not None and pixel_values.shape[0] == 0:
+            pixel_values = None  # a collated batch without images
         if inputs_embeds is None:
+            if past_key_values_is_empty(past_key_values):
+                self._check_token_ids(input_ids)
             inputs_embeds = self.get_input_embeddings()(input_ids)
         self._check_length(inputs_embeds, position_ids, past_key_values)
 
@@ -185,6 +190,8 @@ class ViFTModel(ViFTPreTrainedModel):
             # Padding-free packed rows: transformers derives the block-diagonal mask from position_ids only when
             # neither a mask nor a cache is given, so never let the language model create a cache here.
             kwargs["use_cache"] = False
+        elif self.training and past_key_values is None:
+            kwargs.setdefault("use_cache", False)  # training never reads a cache: don't build one
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -200,6 +207,24 @@ class ViFTModel(ViFTPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
         )
+
+    def _check_token_ids(self, input_ids):
+        if input_ids.numel() == 0:
+            return
+        num_embeddings = self.get_input_embeddings().num_embeddings
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= num_embeddings:
+            image_hint = ""
+            if self.config.image_token_id is not None and self.config.image_token_id >= num_embeddings:
+                image_hint = (
+                    f" The image token id {self.config.image_token_id} itself is outside the embeddings: the tokenizer "
+                    f"gained the image token but the model was not resized; call "
+                    f"model.resize_token_embeddings(len(tokenizer)) or build with from_components."
+                )
+            raise ValueError(
+                f"input_ids hold ids in [{low}, {high}] but the language model has {num_embeddings} token embeddings "
+                f"(valid ids: 0..{num_embeddings - 1}): the tokenizer does not match the model.{image_hint}"
+            )
 
     def _check_length(self, inputs_embeds, position_ids, past_key_values):
         max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
@@ -275,6 +300,8 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
+        # The LM's generation defaults (its end-of-turn tokens above all) carry over.
+        model.generation_config = causal_lm.generation_config
         return model
 
     def get_input_embeddings(self):
@@ -357,14 +384,75 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             image_hidden_states=outputs.image_hidden_states,
         )
 
-    def prepare_inputs_for_generation(self, *args, pixel_values=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, *args, pixel_values=None, image_features=None, is_first_iteration=False, **kwargs
+    ):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # Images enter only the prefill; decoding steps read them from the KV cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
+            model_inputs["image_features"] = image_features
         else:
             model_inputs.pop("pixel_values", None)
+            model_inputs.pop("image_features", None)
         return model_inputs
+
+    def generate(
+        self,
+        inputs=None,
+        fusion=None,
+        fusion_alpha=None,
+        fusion_beta=None,
+        fusion_layers=None,
+        text_input_ids=None,
+        text_attention_mask=None,
+        **kwargs,
+    ):
+        r"""
+        `GenerationMixin.generate`, plus ViFT's ability-fused inference with `fusion=True`.
+
+        fusion (`bool`, *optional*): fuse the text-only prompt's hidden states into the multimodal prompt's
+            (defaults to `generation_config.fusion`, else `False`). Rows without images generate as usual.
+        fusion_alpha, fusion_beta (`float`, *optional*), fusion_layers (`(start, end)`, *optional*): at the input
+            of each decoder layer l in [start, end), during prefill only, the last n positions of the multimodal
+            prompt get `+ alpha * H_l(q) - beta * H_l(v,q)` (n = length of the text-only prompt q). Defaults come
+            from the generation config, else the model config.
+        text_input_ids, text_attention_mask (`torch.LongTensor`, *optional*): the text-only prompts q (the processor
+            returns them with `return_text_only=True`: the same chat template with the images removed). Without
+            them, q is derived by dropping the image tokens from `input_ids`. Ignored when fusion is off.
+        """
+        if fusion is None:
+            fusion = bool(getattr(self.generation_config, "fusion", False))
+        if inputs is not None:
+            kwargs["input_ids"] = inputs
+        if not fusion:
+            return super().generate(**kwargs)
+        return fused_generate(
+            self,
+            super().generate,
+            text_input_ids=text_input_ids,
+            text_attention_mask=text_attention_mask,
+            fusion_alpha=fusion_alpha,
+            fusion_beta=fusion_beta,
+            fusion_layers=fusion_layers,
+            **kwargs,
+        )
+
+    def explain_fusion(self, input_ids, attention_mask=None, text_input_ids=None, text_attention_mask=None, tokenizer=None):
+        """For each prompt, the multimodal positions that fused generation steers and the text-only tokens they are
+        aligned with (see `fusion_vift.explain_fusion`). Without `text_input_ids`, q is derived as `generate` does."""
+        from .fusion_vift import derive_text_only_prompt
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if text_input_ids is None:
+            pad = self.generation_config.pad_token_id
+            text_input_ids, text_attention_mask = derive_text_only_prompt(
+                input_ids, attention_mask, self.config.image_token_id, 0 if pad is None else int(pad)
+            )
+        return explain_fusion(
+            input_ids, attention_mask, text_input_ids, text_attention_mask, tokenizer, self.config.image_token_id
+        )
 
 
 def packed_shift_labels(labels, position_ids):

@@ -1,0 +1,304 @@
+"""ViFT's ability-fused inference, batched.
+
+The authors' algorithm (VIFT.md, "Ability-fused inference"): let q be the text-only prompt and (v,q) the
+multimodal prompt, n = len(q). For every decoder layer l in [s, e), during the prefill of the generation on
+(v,q) only, the input hidden states of layer l at the last n positions become
+
+    h[-n:] + alpha * H_l(q)[-n:] - beta * H_l(v,q)[-n:]
+
+where H_l(.) are the inputs of layer l in ordinary (unsteered) forwards, right-aligned. Changes compound across
+layers; decoding steps are unchanged and see the steering only through the KV cache.
+
+How this module computes exactly that, with less work than the authors' three passes:
+1. the vision tower runs once; its projected features are reused by every pass below;
+2. one pass over the whole batch of text-only prompts records H_l(q) for l in [s, e) and stops at the input of
+   layer e-1 (no later layer and no LM head run);
+3. one pass over the multimodal prompts records H_l(v,q) the same way (unsteered, stops at layer e-1);
+4. the per-layer deltas `alpha * H_l(q) - beta * H_l(v,q)` (zero outside each row's last n real positions and for
+   rows without images) are added by forward pre-hooks during the prefill of an ordinary `generate` call, so
+   sampling, beam search, stop strings, streamers and caches all come from `GenerationMixin`.
+Steering hooks live only for the duration of the call and are removed in `finally`; all state belongs to the
+call, never to a class, so two models in one process never see each other's vectors.
+
+This file is part of the remote-code bundle: it imports only torch and its siblings.
+"""
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+from .configuration_vift import check_fusion_layers
+
+
+class _CaptureComplete(Exception):
+    """Raised by the capture hook at the input of the last layer it needs, to end a capture pass early."""
+
+
+def decoder_layers(language_model):
+    """The list of decoder layers of a transformers decoder (Qwen2, Llama, Mistral, Gemma, ... style)."""
+    for path in ("layers", "decoder.layers", "model.layers", "h"):
+        module = language_model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+            if module is None:
+                break
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ValueError(
+        f"Cannot find the decoder layers of {type(language_model).__name__} (looked for .layers, .decoder.layers, "
+        f".model.layers, .h): fused generation needs a decoder whose layers form a ModuleList."
+    )
+
+
+def _hidden_states_of(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden_states(args, kwargs, hidden_states):
+    if args:
+        return (hidden_states,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden_states}
+
+
+def positions_from_mask(attention_mask):
+    """Position ids as `generate` builds them for left-padded prompts (pads get position 0)."""
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    return position_ids.masked_fill(attention_mask == 0, 0)
+
+
+@torch.no_grad()
+def capture_layer_inputs(model, input_ids, attention_mask, layer_range, image_features=None):
+    """Runs an ordinary (unsteered) forward of `model.model` and returns `{l: input hidden states of layer l}` for
+    l in `layer_range`, stopping at the input of the last of those layers (nothing after it runs)."""
+    start, end = layer_range
+    layers = decoder_layers(model.model.language_model)
+    captured = {}
+    handles = []
+
+    def make_hook(index):
+        def hook(module, args, kwargs):
+            captured[index] = _hidden_states_of(args, kwargs)
+            if index == end - 1:
+                raise _CaptureComplete
+
+        return hook
+
+    try:
+        for index in range(start, end):
+            handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
+        try:
+            model.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask),
+                image_features=image_features,
+                use_cache=False,
+            )
+        except _CaptureComplete:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != end - start:
+        raise RuntimeError(f"Captured {len(captured)} of the {end - start} layers of fusion_layers={[start, end]}.")
+    return captured
+
+
+def left_align(input_ids, attention_mask, pad_token_id):
+    """Re-pads rows to the left (each row's real tokens kept in order); returns ids, mask."""
+    lengths = attention_mask.sum(-1)
+    width = int(lengths.max()) if lengths.numel() else 0
+    ids = torch.full((input_ids.shape[0], width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+    mask = torch.zeros((input_ids.shape[0], width), dtype=attention_mask.dtype, device=attention_mask.device)
+    for row in range(input_ids.shape[0]):
+        real = input_ids[row][attention_mask[row].bool()]
+        if real.numel():
+            ids[row, width - real.numel() :] = real
+            mask[row, width - real.numel() :] = 1
+    return ids, mask
+
+
+def derive_text_only_prompt(input_ids, attention_mask, image_token_id, pad_token_id):
+    """The text-only prompt q when the caller gives none: each row with its image tokens removed, left-padded.
+    (The processor's `text_input_ids` also drop the newline after each `<image>`, as the authors' q does.)"""
+    keep = attention_mask.bool() & (input_ids != image_token_id)
+    return left_align(input_ids, keep.long(), pad_token_id)
+
+
+def resolve_fusion_settings(model, fusion_alpha, fusion_beta, fusion_layers):
+    """Call arguments, else the generation config, else the model config; validated."""
+    gen, cfg = model.generation_config, model.config
+    alpha = fusion_alpha if fusion_alpha is not None else getattr(gen, "fusion_alpha", None)
+    beta = fusion_beta if fusion_beta is not None else getattr(gen, "fusion_beta", None)
+    layers = fusion_layers if fusion_layers is not None else getattr(gen, "fusion_layers", None)
+    alpha = cfg.fusion_alpha if alpha is None else alpha
+    beta = cfg.fusion_beta if beta is None else beta
+    layers = cfg.fusion_layers if layers is None else layers
+    for name, value in (("fusion_alpha", alpha), ("fusion_beta", beta)):
+        try:
+            finite = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    layers = check_fusion_layers(layers, cfg.text_config.num_hidden_layers)
+    return float(alpha), float(beta), layers
+
+
+def _check_left_padded(mask, name):
+    if mask.shape[1] and bool((mask[:, -1] == 0).any()):
+        rows = torch.nonzero(mask[:, -1] == 0).flatten().tolist()
+        raise ValueError(
+            f"Fused generation needs left-padded prompts, but rows {rows} of {name} end in padding. Tokenize with "
+            f"padding_side='left' (processor(..., padding_side='left'))."
+        )
+
+
+def fusion_deltas(model, input_ids, attention_mask, text_input_ids, text_attention_mask, image_features,
+                  alpha, beta, layer_range):
+    """Per-layer additive deltas for the last `tail` columns of the multimodal prompt: `{l: (batch, tail, hidden)}`
+    and `tail` (the text-only prompts' padded length). Rows without image tokens get zero deltas."""
+    has_image = (input_ids == model.config.image_token_id).any(-1)
+    text_lengths = text_attention_mask.sum(-1)
+    mm_lengths = attention_mask.sum(-1)
+    too_long = torch.nonzero(text_lengths > mm_lengths).flatten().tolist()
+    if too_long:
+        row = too_long[0]
+        raise ValueError(
+            f"The text-only prompt of row {row} has {int(text_lengths[row])} tokens but its multimodal prompt only "
+            f"{int(mm_lengths[row])}: the text-only prompt must be the multimodal prompt without its images."
+        )
+    h_text = capture_layer_inputs(model, text_input_ids, text_attention_mask, layer_range)
+    h_mm = capture_layer_inputs(model, input_ids, attention_mask, layer_range, image_features=image_features)
+    tail = text_input_ids.shape[1]
+    deltas = {}
+    for index in range(*layer_range):
+        q, vq = h_text[index], h_mm[index][:, -tail:]
+        weight = (text_attention_mask.bool() & has_image.unsqueeze(-1)).unsqueeze(-1).to(q.device)
+        deltas[index] = torch.where(weight, alpha * q.float() - beta * vq.float(), 0.0)
+    return deltas, tail
+
+
+@contextmanager
+def steering(model, deltas, tail, prompt_length, batch_size):
+    """Adds `deltas[l]` to the last `tail` positions of the input of layer l on the first (prefill) call of each
+    steered layer; later calls (decoding steps) pass through. Hooks are removed on exit, also on error."""
+    layers = decoder_layers(model.model.language_model)
+    handles = []
+
+    def make_hook(index, delta):
+        state = {"prefill_done": False}
+
+        def hook(module, args, kwargs):
+            if state["prefill_done"]:
+                return None
+            state["prefill_done"] = True
+            hidden = _hidden_states_of(args, kwargs)
+            if hidden.shape[1] != prompt_length or hidden.shape[0] % batch_size:
+                raise RuntimeError(
+                    f"Fused generation expected the prefill of layer {index} to see {batch_size}(xN) rows of "
+                    f"{prompt_length} positions, got {tuple(hidden.shape[:2])}: chunked prefill and assisted "
+                    f"decoding are not supported with fusion=True."
+                )
+            step = delta
+            if hidden.shape[0] != batch_size:  # beam search / num_return_sequences expand rows in place
+                step = step.repeat_interleave(hidden.shape[0] // batch_size, dim=0)
+            step = step.to(device=hidden.device, dtype=torch.float32)
+            steered = hidden.clone()
+            steered[:, -tail:] = (hidden[:, -tail:].float() + step).to(hidden.dtype)
+            return _with_hidden_states(args, kwargs, steered)
+
+        return hook
+
+    try:
+        for index, delta in deltas.items():
+            handles.append(layers[index].register_forward_pre_hook(make_hook(index, delta), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def fused_generate(model, generate_fn, input_ids=None, attention_mask=None, pixel_values=None, image_features=None,
+                   text_input_ids=None, text_attention_mask=None, fusion_alpha=None, fusion_beta=None,
+                   fusion_layers=None, **generate_kwargs):
+    """ViFT's fused generation; `generate_fn` is the ordinary `GenerationMixin.generate` bound to `model`."""
+    if input_ids is None:
+        raise ValueError(
+            "Fused generation needs input_ids (the multimodal prompt): with inputs_embeds only, the text-only prompt "
+            "and the image positions cannot be recovered. Pass input_ids, or generate with fusion=False."
+        )
+    alpha, beta, layer_range = resolve_fusion_settings(model, fusion_alpha, fusion_beta, fusion_layers)
+    for name in ("prefill_chunk_size", "assistant_model", "prompt_lookup_num_tokens"):
+        config_value = getattr(generate_kwargs.get("generation_config"), name, None)
+        if generate_kwargs.get(name) is not None or config_value is not None:
+            raise ValueError(f"{name} is not supported with fusion=True: the steered prefill must be one pass.")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    _check_left_padded(attention_mask, "input_ids")
+
+    if pixel_values is not None:
+        image_features = model.model.get_image_features(pixel_values)
+    has_image = image_features is not None and bool((input_ids == model.config.image_token_id).any())
+    if not has_image:
+        return generate_fn(input_ids=input_ids, attention_mask=attention_mask, image_features=image_features, **generate_kwargs)
+
+    pad_token_id = model.generation_config.pad_token_id
+    pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+    if text_input_ids is None:
+        text_input_ids, text_attention_mask = derive_text_only_prompt(
+            input_ids, attention_mask, model.config.image_token_id, pad_token_id
+        )
+    else:
+        text_input_ids = text_input_ids.to(input_ids.device)
+        if text_attention_mask is None:
+            text_attention_mask = torch.ones_like(text_input_ids)
+        if text_input_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"text_input_ids has {text_input_ids.shape[0]} rows but input_ids has {input_ids.shape[0]}: pass one "
+                f"text-only prompt per multimodal prompt."
+            )
+        n_image_tokens = int((text_input_ids == model.config.image_token_id).sum())
+        if n_image_tokens:
+            raise ValueError(f"text_input_ids hold {n_image_tokens} image tokens: the text-only prompt has no images.")
+        text_input_ids, text_attention_mask = left_align(text_input_ids, text_attention_mask.to(input_ids.device), pad_token_id)
+
+    deltas, tail = fusion_deltas(
+        model, input_ids, attention_mask, text_input_ids, text_attention_mask, image_features, alpha, beta, layer_range
+    )
+    with steering(model, deltas, tail, prompt_length=input_ids.shape[1], batch_size=input_ids.shape[0]):
+        return generate_fn(input_ids=input_ids, attention_mask=attention_mask, image_features=image_features, **generate_kwargs)
+
+
+def explain_fusion(input_ids, attention_mask, text_input_ids, text_attention_mask, tokenizer=None, image_token_id=None):
+    """Which positions of each multimodal prompt are steered, and which text-only tokens they are aligned with.
+
+    Returns one list per row of `{"position", "token", "text_position", "text_token"}` dicts (positions index the
+    padded tensors; tokens decoded with `tokenizer` when given). With the authors' right alignment the first
+    text-only tokens (often a system prompt) land on the multimodal prompt's last image tokens: rows where that
+    happens are easy to spot here (`token` is the image token)."""
+    rows = []
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if text_attention_mask is None:
+        text_attention_mask = torch.ones_like(text_input_ids)
+    width = input_ids.shape[1]
+    for row in range(input_ids.shape[0]):
+        n = int(text_attention_mask[row].sum())
+        text_positions = torch.nonzero(text_attention_mask[row]).flatten().tolist()[-n:] if n else []
+        steered = list(range(width - n, width))
+        has_image = image_token_id is None or bool((input_ids[row] == image_token_id).any())
+        entries = []
+        for position, text_position in zip(steered, text_positions if has_image else []):
+            token = int(input_ids[row, position])
+            text_token = int(text_input_ids[row, text_position])
+            entries.append({
+                "position": position,
+                "token": tokenizer.convert_ids_to_tokens(token) if tokenizer is not None else token,
+                "text_position": text_position,
+                "text_token": tokenizer.convert_ids_to_tokens(text_token) if tokenizer is not None else text_token,
+            })
+        rows.append(entries)
+    return rows
