@@ -331,3 +331,20 @@ def test_right_padded_prompts_are_rejected_for_fusion():
     inputs = processor(images=flat, text=[texts[0], texts[1] + " more words here"], return_tensors="pt", padding_side="right")
     with pytest.raises(ValueError, match="left-padded"):
         model.generate(**inputs, fusion=True, max_new_tokens=2)
+
+
+def test_fused_generation_with_device_map_auto_matches(tmp_path):
+    from modeling_vift import ViFTForConditionalGeneration
+
+    model, processor = tiny_vift(seed=18)
+    model.save_pretrained(tmp_path)
+    # On this CPU-only machine "auto" places everything on the CPU; the GPU split is exercised on GPU machines.
+    mapped = ViFTForConditionalGeneration.from_pretrained(tmp_path, device_map="auto").eval()
+    texts, images = _sample_prompts(processor, [1, 2], seed=18)
+    flat = [image for row in images for image in row]
+    inputs = processor(images=flat, text=texts, return_tensors="pt", padding_side="left", return_text_only=True)
+    settings = dict(fusion=True, fusion_alpha=0.9, fusion_beta=0.6, fusion_layers=(1, 4), **GEN)
+    expected = model.generate(**inputs, **settings)
+    got = mapped.generate(**inputs, **settings)
+    assert got.sequences.tolist() == expected.sequences.tolist()
+    torch.testing.assert_close(got.logits[0], expected.logits[0], atol=1e-5, rtol=0)
