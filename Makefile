@@ -18,10 +18,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m demo
+	HF_HUB_OFFLINE=1 $(PY) -m demo.quickstart
 
 clean:
 	rm -rf $(VENV) demo_output

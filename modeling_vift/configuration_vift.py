@@ -9,7 +9,7 @@ This file is part of the remote-code bundle: it imports only transformers and it
 
 import math
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AddedToken, AutoConfig, PretrainedConfig
 
 
 # Vision towers whose hidden states start with a CLS token (dropped by the "default" feature strategy).
@@ -141,7 +141,9 @@ def compute_image_seq_length(vision_config, vision_feature_select_strategy="defa
 def add_image_token(tokenizer, image_token="<image>"):
     """Adds `image_token` to the tokenizer as a special token (if missing) and returns its id."""
     if image_token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_additional_special_tokens=False)
+        # `add_tokens(..., special_tokens=True)` keeps the tokenizer's own special tokens (the keyword that says so for
+        # `add_special_tokens` was renamed in transformers 5); the token is never split and skipped on decoding.
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(image_token)
 
 

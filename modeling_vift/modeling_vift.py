@@ -120,6 +120,13 @@ class ViFTModel(ViFTPreTrainedModel):
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
             )
+        vision_config = self.config.vision_config
+        expected = (getattr(vision_config, "num_channels", 3), vision_config.image_size, vision_config.image_size)
+        if tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values hold images of shape {tuple(pixel_values.shape[1:])} but the vision tower takes "
+                f"{expected} (channels, height, width): prepare images with the model's processor."
+            )
         tower_dtype = next(self.vision_tower.parameters()).dtype
         outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
         features = outputs.hidden_states[vision_feature_layer]

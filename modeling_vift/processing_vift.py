@@ -11,8 +11,20 @@ This file is part of the remote-code bundle: it imports only torch, transformers
 import re
 
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.utils import is_vision_available
 
 from .configuration_vift import add_image_token, compute_image_seq_length
+
+
+# Pillow is transformers' optional "vision" backend; the guard keeps it out of the packages transformers requires
+# before loading this file as remote code (text-only use works without it).
+if is_vision_available():
+    from PIL import Image
+
+
+def _require_pillow():
+    if not is_vision_available():
+        raise ImportError("ViFTProcessor needs Pillow to process images: pip install pillow.")
 
 
 # Prepended to the language model's own chat template: turns list-of-items message contents into strings,
@@ -28,6 +40,8 @@ _FLATTEN_CONTENT_PREFIX = (
     "{%- for _item in _m['content'] -%}"
     "{%- if _item['type'] == 'image' -%}{%- set _vift_text.value = _vift_text.value + '<image>\n' -%}"
     "{%- elif _item['type'] == 'text' -%}{%- set _vift_text.value = _vift_text.value + _item['text'] -%}"
+    "{%- else -%}{{ raise_exception('ViFT chat messages take content items of type \\'image\\' or \\'text\\', got '"
+    " ~ _item['type'] ~ ': convert other media to images or text first.') }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- set _vift.messages = _vift.messages + [{'role': _m['role'], 'content': _vift_text.value}] -%}"
@@ -53,8 +67,6 @@ def build_chat_template(text_template, image_token="<image>"):
 
 def pad_image_to_square(image, fill):
     """Pads a PIL image to a square with colour `fill` (the authors' stage-2 `pad` aspect-ratio setting)."""
-    from PIL import Image
-
     width, height = image.size
     if width == height:
         return image
@@ -65,18 +77,59 @@ def pad_image_to_square(image, fill):
 
 
 def to_rgb(image):
-    """Converts a PIL image of any mode (RGBA, LA, P, L, CMYK, I;16, ...) to RGB; RGBA is composited on white."""
-    from PIL import Image
+    """Converts a PIL image of any mode (RGBA, LA, P, L, CMYK, I;16, I, F, ...) to RGB.
 
+    Transparent images are composited on white. Integer and float greyscale images are scaled to 0..255 from the
+    range their values use: 16-bit modes by 1/256; `I` and `F` by their largest value (`F` in 0..1 by 255)."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        return image.point(lambda v: v / 256 if image.mode.startswith("I") else v * 255).convert("L").convert("RGB")
-    return image.convert("RGB")
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+        scale = 1 / 256
+    elif image.mode in ("I", "F"):
+        high = max(image.getextrema()[1], 0)
+        if image.mode == "F" and high <= 1.0:
+            scale = 255.0
+        elif high <= 255:
+            scale = 1.0
+        elif high <= 65535:
+            scale = 1 / 256
+        else:
+            scale = 255 / high
+    else:
+        return image.convert("RGB")
+    return image.convert("F").point(lambda v: v * scale).convert("L").convert("RGB")
+
+
+def check_messages(messages):
+    """Raises a ValueError naming the first malformed message: each needs a `role` and a `content` that is a string
+    or a list of `{"type": "image"}` / `{"type": "text", "text": str}` items."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"A conversation must be a non-empty list of messages, got {type(messages).__name__}.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"Message {i} must be a dict with 'role' and 'content', got {message!r:.200}.")
+        content = message["content"]
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, (list, tuple)):
+            raise ValueError(
+                f"Message {i} content must be a string or a list of items, got {type(content).__name__}."
+            )
+        for j, item in enumerate(content):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "text" and isinstance(item.get("text"), str):
+                continue
+            if kind == "image":
+                continue
+            raise ValueError(
+                f"Message {i}, content item {j} is {item!r:.200}: ViFT takes {{'type': 'image'}} (optionally with an "
+                f"'image': PIL.Image) and {{'type': 'text', 'text': str}} items. Convert other media to images or text."
+            )
 
 
 class ViFTProcessor(ProcessorMixin):
@@ -163,13 +216,13 @@ class ViFTProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ images
 
     def _mean_fill(self):
-        mean = getattr(self.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+        mean = getattr(self.image_processor, "image_mean", None)
+        mean = (0.5, 0.5, 0.5) if mean is None else mean
+        mean = [mean] * 3 if isinstance(mean, (int, float)) else list(mean)
         return tuple(int(round(255 * m)) for m in mean)
 
     def prepare_images(self, images, pad_to_square=None):
         """Flattens nested image lists, converts every image to RGB and pads it to square if asked."""
-        from PIL import Image
-
         pad = self.pad_to_square if pad_to_square is None else pad_to_square
         flat = []
 
@@ -180,6 +233,7 @@ class ViFTProcessor(ProcessorMixin):
                 for sub in item:
                     visit(sub)
                 return
+            _require_pillow()
             if not isinstance(item, Image.Image):
                 raise ValueError(
                     f"ViFTProcessor takes PIL images (or nested lists of them); got {type(item).__name__}. "
@@ -275,6 +329,8 @@ class ViFTProcessor(ProcessorMixin):
         (`{"type": "image", "image": PIL.Image}`) or from `images=` and the result is processed like `__call__`."""
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
+        for c in conversations:
+            check_messages(c)
         template = chat_template or self.chat_template
         rendered = [
             self.tokenizer.apply_chat_template(
