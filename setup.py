@@ -25,10 +25,10 @@ setup(
         "tokenizers>=0.22",
         "tqdm>=4.66",
         "numpy>=1.26",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
-        "demo": ["matplotlib>=3.8"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -56,6 +56,13 @@ class ViFTConfig(PretrainedConfig):
             Weight subtracted of the multimodal prompt's own hidden states in fused generation.
         image_seq_length (`int`, *optional*):
             Number of `<image>` tokens one image expands to; derived from the vision config when not given.
+        vpgc_layer (`int`, *optional*):
+            Decoder layer at whose input VPG-C (instruction-guided residual visual re-attention, from the Cheetah
+            work) re-attends each image's patch features. `None` (default) = off.
+        vpgc_hidden_size (`int`, *optional*):
+            Width of VPG-C's cross-attention (default: the vision tower's hidden size).
+        vpgc_num_heads (`int`, *optional*, defaults to 4):
+            Attention heads of VPG-C's cross-attention.
         fusion_layers (`list[int]` of length 2, *optional*):
             Half-open range `[start, end)` of decoder layers whose inputs are steered during fused generation.
             Defaults to the upper half of the language model's layers.
@@ -78,6 +85,9 @@ class ViFTConfig(PretrainedConfig):
         fusion_beta=0.5,
         fusion_layers=None,
         image_seq_length=None,
+        vpgc_layer=None,
+        vpgc_hidden_size=None,
+        vpgc_num_heads=4,
         tie_word_embeddings=None,
         **kwargs,
     ):
@@ -113,6 +123,14 @@ class ViFTConfig(PretrainedConfig):
         if fusion_layers is None:
             fusion_layers = [num_text_layers // 2, num_text_layers]
         self.fusion_layers = list(check_fusion_layers(fusion_layers, num_text_layers))
+        if vpgc_layer is not None and not 0 <= int(vpgc_layer) < num_text_layers:
+            raise ValueError(
+                f"vpgc_layer={vpgc_layer} is out of range for a language model with {num_text_layers} layers: "
+                f"use an index in [0, {num_text_layers - 1}] (the Cheetah work uses a middle layer), or None for off."
+            )
+        self.vpgc_layer = None if vpgc_layer is None else int(vpgc_layer)
+        self.vpgc_hidden_size = vpgc_hidden_size
+        self.vpgc_num_heads = int(vpgc_num_heads)
         for name, value in (("fusion_alpha", self.fusion_alpha), ("fusion_beta", self.fusion_beta)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}.")

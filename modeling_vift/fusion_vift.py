@@ -68,7 +68,7 @@ def positions_from_mask(attention_mask):
 
 
 @torch.no_grad()
-def capture_layer_inputs(model, input_ids, attention_mask, layer_range, image_features=None):
+def capture_layer_inputs(model, input_ids, attention_mask, layer_range, image_features=None, image_patch_features=None):
     """Runs an ordinary (unsteered) forward of `model.model` and returns `{l: input hidden states of layer l}` for
     l in `layer_range`, stopping at the input of the last of those layers (nothing after it runs)."""
     start, end = layer_range
@@ -93,6 +93,7 @@ def capture_layer_inputs(model, input_ids, attention_mask, layer_range, image_fe
                 attention_mask=attention_mask,
                 position_ids=positions_from_mask(attention_mask),
                 image_features=image_features,
+                image_patch_features=image_patch_features,
                 use_cache=False,
             )
         except _CaptureComplete:
@@ -156,7 +157,7 @@ def _check_left_padded(mask, name):
 
 
 def fusion_deltas(model, input_ids, attention_mask, text_input_ids, text_attention_mask, image_features,
-                  alpha, beta, layer_range):
+                  alpha, beta, layer_range, image_patch_features=None):
     """Per-layer additive deltas for the last `tail` columns of the multimodal prompt: `{l: (batch, tail, hidden)}`
     and `tail` (the text-only prompts' padded length). Rows without image tokens get zero deltas."""
     has_image = (input_ids == model.config.image_token_id).any(-1)
@@ -170,7 +171,9 @@ def fusion_deltas(model, input_ids, attention_mask, text_input_ids, text_attenti
             f"{int(mm_lengths[row])}: the text-only prompt must be the multimodal prompt without its images."
         )
     h_text = capture_layer_inputs(model, text_input_ids, text_attention_mask, layer_range)
-    h_mm = capture_layer_inputs(model, input_ids, attention_mask, layer_range, image_features=image_features)
+    h_mm = capture_layer_inputs(
+        model, input_ids, attention_mask, layer_range, image_features=image_features, image_patch_features=image_patch_features
+    )
     tail = text_input_ids.shape[1]
     deltas = {}
     for index in range(*layer_range):
@@ -222,7 +225,7 @@ def steering(model, deltas, tail, prompt_length, batch_size):
 
 @torch.no_grad()
 def fused_generate(model, generate_fn, input_ids=None, attention_mask=None, pixel_values=None, image_features=None,
-                   text_input_ids=None, text_attention_mask=None, fusion_alpha=None, fusion_beta=None,
+                   image_patch_features=None, text_input_ids=None, text_attention_mask=None, fusion_alpha=None, fusion_beta=None,
                    fusion_layers=None, **generate_kwargs):
     """ViFT's fused generation; `generate_fn` is the ordinary `GenerationMixin.generate` bound to `model`."""
     if input_ids is None:
@@ -239,11 +242,13 @@ def fused_generate(model, generate_fn, input_ids=None, attention_mask=None, pixe
         attention_mask = torch.ones_like(input_ids)
     _check_left_padded(attention_mask, "input_ids")
 
-    if pixel_values is not None:
-        image_features = model.model.get_image_features(pixel_values)
+    if pixel_values is not None:  # the vision tower runs once; every pass below reuses its features
+        image_patch_features = model.model.get_patch_features(pixel_values)
+        image_features = model.model.multi_modal_projector(image_patch_features)
+    image_inputs = dict(image_features=image_features, image_patch_features=image_patch_features)
     has_image = image_features is not None and bool((input_ids == model.config.image_token_id).any())
     if not has_image:
-        return generate_fn(input_ids=input_ids, attention_mask=attention_mask, image_features=image_features, **generate_kwargs)
+        return generate_fn(input_ids=input_ids, attention_mask=attention_mask, **image_inputs, **generate_kwargs)
 
     pad_token_id = model.generation_config.pad_token_id
     pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
@@ -266,10 +271,11 @@ def fused_generate(model, generate_fn, input_ids=None, attention_mask=None, pixe
         text_input_ids, text_attention_mask = left_align(text_input_ids, text_attention_mask.to(input_ids.device), pad_token_id)
 
     deltas, tail = fusion_deltas(
-        model, input_ids, attention_mask, text_input_ids, text_attention_mask, image_features, alpha, beta, layer_range
+        model, input_ids, attention_mask, text_input_ids, text_attention_mask, image_features, alpha, beta, layer_range,
+        image_patch_features=image_patch_features,
     )
     with steering(model, deltas, tail, prompt_length=input_ids.shape[1], batch_size=input_ids.shape[0]):
-        return generate_fn(input_ids=input_ids, attention_mask=attention_mask, image_features=image_features, **generate_kwargs)
+        return generate_fn(input_ids=input_ids, attention_mask=attention_mask, **image_inputs, **generate_kwargs)
 
 
 def explain_fusion(input_ids, attention_mask, text_input_ids, text_attention_mask, tokenizer=None, image_token_id=None):

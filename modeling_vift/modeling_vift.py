@@ -19,7 +19,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
-from .fusion_vift import explain_fusion, fused_generate
+from .fusion_vift import decoder_layers, explain_fusion, fused_generate
+from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_positions, sample_ids
 
 
 @dataclass
@@ -71,7 +72,7 @@ class ViFTPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _skip_keys_device_placement = ["past_key_values"]
-    _no_split_modules = ["ViFTMultiModalProjector"]
+    _no_split_modules = ["ViFTMultiModalProjector", "ViFTVisualPromptCompleter"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -86,6 +87,9 @@ class ViFTPreTrainedModel(PreTrainedModel):
                 nn.init.normal_(linear.weight, mean=0.0, std=std)
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
+        elif isinstance(module, ZeroInitLinear):  # VPG-C's guidance and output projections: an exact no-op at start
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
         else:
             super()._init_weights(module)
 
@@ -98,7 +102,25 @@ class ViFTModel(ViFTPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = ViFTMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        self.vpgc = None
+        self._vpgc_step = None
+        if config.vpgc_layer is not None:
+            self.vpgc = ViFTVisualPromptCompleter(config)
+            # A permanent hook whose per-forward state is set by `forward`: gradient checkpointing re-runs the layer
+            # during backward and must see the same VPG-C step as the forward did.
+            layer = decoder_layers(self.language_model)[config.vpgc_layer]
+            layer.register_forward_pre_hook(self._vpgc_pre_hook, with_kwargs=True)
         self.post_init()
+
+    def _vpgc_pre_hook(self, module, args, kwargs):
+        step = self._vpgc_step
+        if step is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[:2] != step["image_mask"].shape:
+            return None  # not the forward the step was prepared for (e.g. a decoding step)
+        updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["segments"], step["positions"])
+        return ((updated,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": updated})
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -108,6 +130,12 @@ class ViFTModel(ViFTPreTrainedModel):
 
     def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
         """Runs the vision tower and the projector: `(num_images, C, H, W)` -> `(num_images, tokens, hidden)`."""
+        return self.multi_modal_projector(
+            self.get_patch_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        )
+
+    def get_patch_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
+        """The vision tower's selected patch features, before the projector: `(num_images, tokens, vision_hidden)`."""
         vision_feature_layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         num_layers = self.config.vision_config.num_hidden_layers
@@ -133,7 +161,7 @@ class ViFTModel(ViFTPreTrainedModel):
         patches = (self.config.vision_config.image_size // self.config.vision_config.patch_size) ** 2
         if strategy == "default" and features.shape[1] == patches + 1:
             features = features[:, 1:]
-        return self.multi_modal_projector(features)
+        return features
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
         """Boolean mask of the `<image>` positions; checks there is exactly one per image feature vector."""
@@ -168,8 +196,17 @@ class ViFTModel(ViFTPreTrainedModel):
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
         image_features=None,
+        image_patch_features=None,
+        instruction_labels=None,
         **kwargs,
     ):
+        r"""
+        image_features (`torch.Tensor`, *optional*): projected image features, instead of `pixel_values`.
+        image_patch_features (`torch.Tensor`, *optional*): the vision tower's patch features behind `image_features`
+            (VPG-C re-attends them; needed with `image_features` when `config.vpgc_layer` is set).
+        instruction_labels (`torch.LongTensor`, *optional*): the training labels, from which VPG-C finds each
+            sample's last instruction token (the token before its first answer token).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and image_features is not None:
@@ -182,12 +219,18 @@ class ViFTModel(ViFTPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
         self._check_length(inputs_embeds, position_ids, past_key_values)
 
+        self._vpgc_step = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+            image_patch_features = self.get_patch_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+            image_features = self.multi_modal_projector(image_patch_features)
         if image_features is not None:
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
+            if self.vpgc is not None:
+                self._vpgc_step = self._prepare_vpgc_step(
+                    mask, image_patch_features, position_ids, attention_mask, instruction_labels
+                )
         elif input_ids is not None and self.config.image_token_id is not None and past_key_values_is_empty(past_key_values):
             n_tokens = int((input_ids == self.config.image_token_id).sum())
             if n_tokens:
@@ -214,6 +257,16 @@ class ViFTModel(ViFTPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
         )
+
+    def _prepare_vpgc_step(self, image_mask, patch_features, position_ids, attention_mask, labels):
+        if patch_features is None:
+            raise ValueError(
+                "VPG-C (config.vpgc_layer) re-attends the vision tower's patch features: pass pixel_values, or "
+                "image_patch_features together with image_features."
+            )
+        segments = sample_ids(position_ids, attention_mask, image_mask.shape).to(image_mask.device)
+        positions = instruction_positions(image_mask, segments, labels, attention_mask)
+        return {"image_mask": image_mask, "patch_features": patch_features, "segments": segments, "positions": positions}
 
     def _check_token_ids(self, input_ids):
         if input_ids.numel() == 0:
@@ -357,7 +410,12 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for the causal LM loss (-100 = ignored). In padding-free packed rows (`attention_mask=None`,
             `position_ids` restarting at 0 per sample) no label is predicted across a sample boundary.
+        The processor's `text_input_ids` / `text_attention_mask` (used only by fused generation) are ignored here.
         """
+        kwargs.pop("text_input_ids", None)
+        kwargs.pop("text_attention_mask", None)
+        if self.model.vpgc is not None and labels is not None:
+            kwargs["instruction_labels"] = labels
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -392,16 +450,19 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         )
 
     def prepare_inputs_for_generation(
-        self, *args, pixel_values=None, image_features=None, is_first_iteration=False, **kwargs
+        self, *args, pixel_values=None, image_features=None, image_patch_features=None, is_first_iteration=False,
+        **kwargs,
     ):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # Images enter only the prefill; decoding steps read them from the KV cache.
-        if is_first_iteration or not kwargs.get("use_cache", True):
-            model_inputs["pixel_values"] = pixel_values
-            model_inputs["image_features"] = image_features
-        else:
-            model_inputs.pop("pixel_values", None)
-            model_inputs.pop("image_features", None)
+        image_inputs = {
+            "pixel_values": pixel_values, "image_features": image_features, "image_patch_features": image_patch_features
+        }
+        for name, value in image_inputs.items():
+            if is_first_iteration or not kwargs.get("use_cache", True):
+                model_inputs[name] = value
+            else:
+                model_inputs.pop(name, None)
         return model_inputs
 
     def generate(
@@ -432,6 +493,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             fusion = bool(getattr(self.generation_config, "fusion", False))
         if inputs is not None:
             kwargs["input_ids"] = inputs
+        self._check_generation_length(kwargs)
         if not fusion:
             return super().generate(**kwargs)
         return fused_generate(
@@ -444,6 +506,24 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             fusion_layers=fusion_layers,
             **kwargs,
         )
+
+    def _check_generation_length(self, kwargs):
+        """Refuses, before any work, a generation that would run past the language model's maximum positions."""
+        prompt = kwargs.get("input_ids")
+        if prompt is None:
+            prompt = kwargs.get("inputs_embeds")
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        if prompt is None or not max_positions:
+            return
+        config = kwargs.get("generation_config") or self.generation_config
+        new_tokens = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+        total = prompt.shape[1] + new_tokens if new_tokens is not None else kwargs.get("max_length", config.max_length)
+        if total is not None and total > max_positions:
+            raise ValueError(
+                f"The prompt has {prompt.shape[1]} tokens and generation may reach {total} tokens, but the language "
+                f"model supports at most {max_positions} positions (text_config.max_position_embeddings): shorten the "
+                f"prompt or lower max_new_tokens to {max(max_positions - prompt.shape[1], 0)} or fewer."
+            )
 
     def explain_fusion(self, input_ids, attention_mask=None, text_input_ids=None, text_attention_mask=None, tokenizer=None):
         """For each prompt, the multimodal positions that fused generation steers and the text-only tokens they are
