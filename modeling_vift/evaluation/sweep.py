@@ -1,0 +1,251 @@
+"""Choosing fused-inference settings from evidence: a grid over alpha, beta and the steered layer range on a
+validation split, scored with the benchmark's metric.
+
+Writes into the output folder: `runs/<setting>/` (one resumable prediction folder per setting), `sweep_results.json`
+(every setting's score), `best_fusion.json` (the best setting; ties go to the first in grid order), `heatmap.png`
+(score over alpha x beta, one panel per layer range) and `validation_ids.txt` (exclude them from the reported
+evaluation with `exclude_ids_file`). The best setting can be written into a saved model's `config.json` and
+`generation_config.json` (`write_fusion_setting`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field, replace
+
+from .benchmarks import canonical_benchmark, load_benchmark
+from .pipeline import _write_json, load_model_and_processor, primary_score, score_records
+from .runner import GenerationSettings, merge_predictions, run_generation
+
+
+@dataclass
+class SweepConfig:
+    benchmark: str
+    data_path: str
+    output_dir: str
+    alphas: list = field(default_factory=lambda: [0.5, 1.0])
+    betas: list = field(default_factory=lambda: [0.0, 0.5])
+    layer_ranges: list = field(default_factory=lambda: [None])  # None: the model config's fusion_layers
+    model_name_or_path: str | None = None
+    split: str | None = None
+    data_config: str | None = None
+    image_root: str | None = None
+    prompt_style: str = "dataset"
+    query_field: str | None = None
+    max_samples: int | None = None
+    sample_seed: int | None = None  # with max_samples: a random subset instead of the first N
+    include_baseline: bool = True
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    write_best_to: str | None = None  # "config", "generation_config" or "both" (a local model folder)
+    overwrite: bool = False
+    progress: bool = True
+    metrics_dir: str | None = None
+
+
+def _num_layers(model):
+    config = model.config
+    text = getattr(config, "text_config", None)
+    return getattr(text, "num_hidden_layers", None) or getattr(config, "num_hidden_layers")
+
+
+def check_layer_range(layers, num_layers):
+    try:
+        start, end = (int(x) for x in layers)
+    except (TypeError, ValueError):
+        raise ValueError(f"A layer range must be a pair [start, end), got {layers!r}.") from None
+    if not 0 <= start < end <= num_layers:
+        raise ValueError(f"Layer range [{start}, {end}) is invalid for a language model with {num_layers} layers: it must satisfy 0 <= start < end <= {num_layers}.")
+    return [start, end]
+
+
+def _tag(alpha, beta, layers):
+    return f"layers{layers[0]}-{layers[1]}_alpha{alpha:g}_beta{beta:g}"
+
+
+def select_validation(samples, max_samples=None, seed=None):
+    if max_samples is None or max_samples >= len(samples):
+        return list(samples)
+    if seed is None:
+        return list(samples[:max_samples])
+    chosen = set(random.Random(seed).sample(range(len(samples)), max_samples))
+    return [s for i, s in enumerate(samples) if i in chosen]
+
+
+def run_fusion_sweep(config: SweepConfig, model=None, processor=None, state=None, dtype=None):
+    """Runs the grid; returns the sweep result (settings, scores, best) on the main process, None elsewhere."""
+    from .runner import _distributed_state
+
+    state = state or _distributed_state()
+    benchmark = canonical_benchmark(config.benchmark)
+    if benchmark == "open_ended":
+        raise ValueError("A fusion sweep needs a scored benchmark (mathvista, mathverse, mathvision or demon).")
+    if not config.alphas or not config.betas or not config.layer_ranges:
+        raise ValueError("alphas, betas and layer_ranges must each hold at least one value.")
+    with state.main_process_first():  # a Hub dataset is downloaded once
+        loaded = load_benchmark(
+            benchmark, config.data_path, split=config.split, config=config.data_config, image_root=config.image_root,
+            prompt_style=config.prompt_style, query_field=config.query_field,
+        )
+    samples = select_validation(loaded.samples, config.max_samples, config.sample_seed)
+    if not samples:
+        raise ValueError(f"No validation samples to sweep on ({len(loaded.skipped)} records were skipped; see their reasons with the evaluate recipe).")
+    if model is None or processor is None:
+        model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype, device=state.device)
+    num_layers = _num_layers(model)
+    default_layers = list(getattr(model.config, "fusion_layers", None) or [num_layers // 2, num_layers])
+    layer_ranges = [check_layer_range(default_layers if r is None else r, num_layers) for r in config.layer_ranges]
+    alphas = [float(a) for a in config.alphas]
+    betas = [float(b) for b in config.betas]
+
+    settings = []
+    if config.include_baseline:
+        settings.append(("baseline", replace(config.generation, fusion=False)))
+    for layers in layer_ranges:
+        for beta in betas:
+            for alpha in alphas:
+                settings.append((_tag(alpha, beta, layers), replace(
+                    config.generation, fusion=True, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=list(layers))))
+
+    results = []
+    for tag, generation in settings:
+        run_dir = os.path.join(config.output_dir, "runs", tag)
+        run_config = {"benchmark": benchmark, "model": str(config.model_name_or_path), "data_path": str(config.data_path),
+                      "split": config.split, "validation_ids": [s.id for s in samples],
+                      "generation": {k: v for k, v in generation.__dict__.items() if k != "batch_size"}}
+        run_generation(model, processor, samples, run_dir, generation, run_config=run_config, overwrite=config.overwrite,
+                       progress=config.progress, state=state, desc=tag)
+        if state.is_main_process:
+            records, _ = merge_predictions(run_dir, samples)
+            scores = score_records(benchmark, records, config.metrics_dir)
+            results.append({
+                "tag": tag, "fusion": generation.fusion, "fusion_alpha": generation.fusion_alpha if generation.fusion else None,
+                "fusion_beta": generation.fusion_beta if generation.fusion else None,
+                "fusion_layers": generation.fusion_layers if generation.fusion else None,
+                "score": primary_score(benchmark, scores), "n": len(records), "errors": len(scores.get("errors", [])),
+            })
+        state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    fused = [r for r in results if r["fusion"]]
+    best = max(fused, key=lambda r: r["score"])  # max keeps the first of equal scores: grid order breaks ties
+    baseline = next((r for r in results if not r["fusion"]), None)
+    metric = "overall (mean of DEMON categories)" if benchmark == "demon" else "accuracy"
+    summary = {
+        "benchmark": benchmark, "metric": metric, "model": config.model_name_or_path, "data_path": str(config.data_path),
+        "num_validation_samples": len(samples), "alphas": alphas, "betas": betas, "layer_ranges": layer_ranges,
+        "results": results, "baseline_score": baseline["score"] if baseline else None,
+        "best": {"fusion_alpha": best["fusion_alpha"], "fusion_beta": best["fusion_beta"],
+                 "fusion_layers": best["fusion_layers"], "score": best["score"]},
+    }
+    os.makedirs(config.output_dir, exist_ok=True)
+    _write_json(os.path.join(config.output_dir, "sweep_results.json"), summary)
+    _write_json(os.path.join(config.output_dir, "best_fusion.json"), dict(summary["best"], benchmark=benchmark, metric=metric,
+                                                                          baseline_score=summary["baseline_score"],
+                                                                          num_validation_samples=len(samples)))
+    with open(os.path.join(config.output_dir, "validation_ids.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{s.id}\n" for s in samples))
+    plot_heatmap(summary, os.path.join(config.output_dir, "heatmap.png"))
+    if config.write_best_to:
+        if not config.model_name_or_path or not os.path.isdir(str(config.model_name_or_path)):
+            raise ValueError("write_best_to needs model_name_or_path to be a local model folder.")
+        summary["written_to"] = write_fusion_setting(config.model_name_or_path, summary["best"], config.write_best_to)
+    summary["table"] = format_sweep_table(summary)
+    return summary
+
+
+def format_sweep_table(summary):
+    rows = ["| layers | alpha | beta | score |", "|---|---|---|---|"]
+    for r in summary["results"]:
+        if r["fusion"]:
+            rows.append(f"| [{r['fusion_layers'][0]}, {r['fusion_layers'][1]}) | {r['fusion_alpha']:g} | {r['fusion_beta']:g} | {100 * r['score']:.2f} |")
+        else:
+            rows.append(f"| no fusion | - | - | {100 * r['score']:.2f} |")
+    best = summary["best"]
+    rows.append(f"\nBest: alpha={best['fusion_alpha']:g}, beta={best['fusion_beta']:g}, layers={best['fusion_layers']} "
+                f"({summary['metric']} {100 * best['score']:.2f} on {summary['num_validation_samples']} validation samples)")
+    return "\n".join(rows)
+
+
+def plot_heatmap(summary, path):
+    """Score (in %) over alpha (x) and beta (y), one panel per layer range; the best setting is starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    alphas, betas, ranges = summary["alphas"], summary["betas"], summary["layer_ranges"]
+    fig, axes = plt.subplots(1, len(ranges), figsize=(1.2 + 1.1 * len(alphas) * len(ranges) + 1.5 * len(ranges), 1.6 + 0.7 * len(betas)), squeeze=False)
+    lookup = {(r["fusion_alpha"], r["fusion_beta"], tuple(r["fusion_layers"])): r["score"] for r in summary["results"] if r["fusion"]}
+    vmax = 100 * max(lookup.values()) or 1.0  # one colour scale for every panel
+    best = summary["best"]
+    for ax, layers in zip(axes[0], ranges):
+        grid = np.array([[100 * lookup[(a, b, tuple(layers))] for a in alphas] for b in betas])
+        image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", vmin=0, vmax=vmax)
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_xlabel("alpha (text-only stream)")
+        ax.set_ylabel("beta (subtracted multimodal stream)")
+        ax.set_title(f"layers [{layers[0]}, {layers[1]})")
+        for y in range(len(betas)):
+            for x in range(len(alphas)):
+                is_best = [alphas[x], betas[y], list(layers)] == [best["fusion_alpha"], best["fusion_beta"], list(best["fusion_layers"])]
+                ax.text(x, y, f"{grid[y, x]:.1f}" + (" *" if is_best else ""), ha="center", va="center",
+                        color="white" if grid[y, x] < 0.6 * vmax else "black", fontsize=8, fontweight="bold" if is_best else None)
+        fig.colorbar(image, ax=ax, shrink=0.8, label="%")
+    baseline = summary.get("baseline_score")
+    fig.suptitle(f"{summary['benchmark']} {summary['metric']} (%), n={summary['num_validation_samples']}"
+                 + (f", no fusion: {100 * baseline:.1f}" if baseline is not None else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _update_json(path, updates, create=False):
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    elif create:
+        data = {}
+    else:
+        raise FileNotFoundError(f"{path} does not exist.")
+    data.update(updates)
+    _write_json(path, data)
+    return path
+
+
+def write_fusion_setting(model_dir, setting, target="both"):
+    """Writes `fusion_alpha`, `fusion_beta`, `fusion_layers` into a saved model's `config.json` (the defaults fused
+    generation uses) and/or `generation_config.json`. Returns the files written."""
+    if target not in ("config", "generation_config", "both"):
+        raise ValueError(f"target must be 'config', 'generation_config' or 'both', got {target!r}.")
+    config_path = os.path.join(model_dir, "config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    num_layers = (config.get("text_config") or {}).get("num_hidden_layers") or config.get("num_hidden_layers")
+    layers = check_layer_range(setting["fusion_layers"], num_layers) if num_layers else list(setting["fusion_layers"])
+    updates = {"fusion_alpha": float(setting["fusion_alpha"]), "fusion_beta": float(setting["fusion_beta"]), "fusion_layers": layers}
+    written = []
+    if target in ("config", "both"):
+        written.append(_update_json(config_path, updates))
+    if target in ("generation_config", "both"):
+        written.append(_update_json(os.path.join(model_dir, "generation_config.json"), updates, create=True))
+    return written
+
+
+def apply_fusion_setting(model, setting):
+    """Sets the fusion defaults of a loaded model (config and generation config) to a sweep's best setting."""
+    layers = check_layer_range(setting["fusion_layers"], _num_layers(model))
+    for target in (model.config, getattr(model, "generation_config", None)):
+        if target is not None:
+            target.fusion_alpha = float(setting["fusion_alpha"])
+            target.fusion_beta = float(setting["fusion_beta"])
+            target.fusion_layers = layers
+    return model
+
+
+__all__ = ["SweepConfig", "apply_fusion_setting", "plot_heatmap", "run_fusion_sweep", "select_validation", "write_fusion_setting"]
