@@ -219,7 +219,7 @@ class ViFTProcessor(ProcessorMixin):
         mean = getattr(self.image_processor, "image_mean", None)
         mean = (0.5, 0.5, 0.5) if mean is None else mean
         mean = [mean] * 3 if isinstance(mean, (int, float)) else list(mean)
-        return tuple(int(round(255 * m)) for m in mean)
+        return tuple(int(255 * m) for m in mean)
 
     def prepare_images(self, images, pad_to_square=None):
         """Flattens nested image lists, converts every image to RGB and pads it to square if asked."""

@@ -1,0 +1,609 @@
+"""Publishing ViFT models to the Hugging Face Hub (`python -m hub.push_model`).
+
+The steps, each of which stops with a clear error before anything is uploaded:
+1. check the repo id and the checkpoint folder (config with `auto_map`, safetensors weights, remote-code files and
+   their relative imports, processor with chat template, tokenizer);
+2. plan the files: the checkpoint's model, code and processor files, a generated `generation_config.json` carrying
+   the fusion defaults, and a generated model card `README.md` (YAML metadata and a usage snippet); anything else
+   in the folder (optimizer states, logs, ...) is listed as left out;
+3. lay the planned files out in a folder exactly as they will be in the repository;
+4. prove, in a fresh Python process that cannot import this package, that the folder loads with
+   `trust_remote_code=True` and generates (plainly and with fusion); refuse to upload otherwise;
+5. upload through `huggingface_hub`: `create_repo`, then one `create_commit` (large folders: `upload_large_folder`
+   where the installed huggingface_hub has it, else `upload_folder`, which splits large uploads itself).
+
+The token is handed to `HfApi` and never printed or logged. Not part of the remote-code bundle.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+
+
+class PublishError(ValueError):
+    """A folder or an option that cannot be published; the message says what is wrong and what to do."""
+
+
+# Folders above these sizes go through the large-folder upload (several commits, resumable).
+LARGE_FOLDER_FILES = 100
+LARGE_FOLDER_BYTES = 50 * 2**30
+
+PAPER = "https://arxiv.org/abs/2502.11427"
+DEFAULT_TAGS = ("vift", "vision-language", "multimodal", "ability-fused-inference")
+
+# Files of a checkpoint folder that belong in a model repository (the remote-code files are added by name).
+_MODEL_FILE_PATTERNS = (
+    r"config\.json",
+    r"model(-\d{5}-of-\d{5})?\.safetensors",
+    r"model\.safetensors\.index\.json",
+    r"processor_config\.json",
+    r"preprocessor_config\.json",
+    r"tokenizer(_config)?\.json",
+    r"tokenizer\.model",
+    r"special_tokens_map\.json",
+    r"added_tokens\.json",
+    r"vocab\.(json|txt)",
+    r"merges\.txt",
+    r"chat_template\.(jinja|json)",
+    r"additional_chat_templates/[^/]+\.jinja",
+)
+# What remote code may import: users of `trust_remote_code` have transformers, torch and their dependencies.
+REMOTE_CODE_PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "numpy", "PIL")
+# Files that are generated rather than copied.
+_GENERATED = ("README.md", "generation_config.json")
+
+
+# --------------------------------------------------------------------------------------------------- shared helpers
+
+
+def check_repo_id(repo_id, kind="model"):
+    """Raises `PublishError` unless `repo_id` has the form `namespace/name` with Hub-valid characters."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    example = "my-org/vift-7b" if kind == "model" else "my-org/vift-data"
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise PublishError(
+            f"Repo id {repo_id!r} has the wrong form: expected 'namespace/name' (a user or organisation, a slash, the "
+            f"repository name), e.g. {example!r}."
+        )
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise PublishError(
+            f"Repo id {repo_id!r} is not valid: each part may use letters, digits, '-', '_' and '.', must not start or "
+            f"end with '-' or '.', and the whole id is at most 96 characters, e.g. {example!r}."
+        ) from None
+    return repo_id
+
+
+@dataclass
+class PlannedFile:
+    """One file of a repository: copied from `source` or generated (`content`)."""
+
+    path_in_repo: str
+    size: int
+    origin: str
+    source: str | None = None
+    content: bytes | None = None
+
+
+def format_size(num_bytes):
+    value = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+
+
+def format_plan(files, repo_id, repo_type, private, revision, left_out=()):
+    total = sum(f.size for f in files)
+    lines = [
+        f"Repository: {repo_id} ({repo_type}, {'private' if private else 'public'}, revision {revision or 'main'})",
+        f"Files ({len(files)}, {format_size(total)} in all):",
+    ]
+    width = max((len(f.path_in_repo) for f in files), default=10)
+    for f in sorted(files, key=lambda f: f.path_in_repo):
+        lines.append(f"  {f.path_in_repo:<{width}}  {format_size(f.size):>9}  {f.origin}")
+    if left_out:
+        shown = ", ".join(sorted(left_out)[:20]) + (", ..." if len(left_out) > 20 else "")
+        lines.append(f"Left out ({len(left_out)}; not part of a {repo_type} repository): {shown}")
+    return "\n".join(lines)
+
+
+def materialize(files, directory, link=True):
+    """Writes the planned files into `directory` laid out as in the repository (hard links where possible)."""
+    os.makedirs(directory, exist_ok=True)
+    for f in files:
+        target = os.path.join(directory, f.path_in_repo)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.lexists(target):
+            os.remove(target)
+        if f.content is not None:
+            with open(target, "wb") as out:
+                out.write(f.content)
+        elif link:
+            try:
+                os.link(f.source, target)
+            except OSError:
+                shutil.copy2(f.source, target)
+        else:
+            shutil.copy2(f.source, target)
+    return directory
+
+
+def is_large_folder(files):
+    return len(files) > LARGE_FOLDER_FILES or sum(f.size for f in files) > LARGE_FOLDER_BYTES
+
+
+def upload_to_hub(api, folder, files, repo_id, repo_type, private=False, revision=None, commit_message=None):
+    """Creates the repository (and the branch `revision`), then uploads `files` (laid out in `folder`): one commit, or
+    the large-folder upload for big folders. Returns what huggingface_hub returned."""
+    from huggingface_hub import CommitOperationAdd
+
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    paths = sorted(f.path_in_repo for f in files)
+    if is_large_folder(files):
+        if hasattr(api, "upload_large_folder"):
+            return api.upload_large_folder(
+                repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision, private=private,
+                allow_patterns=paths,
+            )
+        # huggingface_hub 2.x folded the large-folder upload into upload_folder (batched, resumable commits).
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision,
+            commit_message=commit_message, allow_patterns=paths,
+        )
+    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=os.path.join(folder, p)) for p in paths]
+    return api.create_commit(
+        repo_id, operations=operations, commit_message=commit_message, repo_type=repo_type, revision=revision
+    )
+
+
+# --------------------------------------------------------------------------------------------------- checkpoint
+
+
+def _read_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise PublishError(f"{what} is missing: {path}.") from None
+    except json.JSONDecodeError as e:
+        raise PublishError(f"{what} is not valid JSON ({path}: {e}).") from None
+
+
+def _relative_imports(path):
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    return set(re.findall(r"^\s*from\s+\.(\w+)\s+import", source, flags=re.MULTILINE))
+
+
+def remote_code_files(folder, auto_maps):
+    """The `.py` files named by `auto_maps` and, recursively, their single-dot relative imports. Raises
+    `PublishError` naming the missing ones."""
+    wanted = set()
+    for auto_map in auto_maps:
+        for reference in auto_map.values():
+            for ref in reference if isinstance(reference, (list, tuple)) else [reference]:
+                if ref and "--" not in ref:
+                    wanted.add(ref.split(".")[0] + ".py")
+    found, missing, queue = set(), set(), sorted(wanted)
+    while queue:
+        name = queue.pop()
+        if name in found or name in missing:
+            continue
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            missing.add(name)
+            continue
+        found.add(name)
+        queue.extend(f"{module}.py" for module in _relative_imports(path))
+    if missing:
+        raise PublishError(
+            f"The remote-code file(s) {sorted(missing)} are missing from {folder!r}: config.json / "
+            f"processor_config.json refer to them (auto_map) or other code files import them. Re-save the model and processor with the vift "
+            f"package imported (model.save_pretrained / processor.save_pretrained copy them)."
+        )
+    return sorted(found)
+
+
+def check_remote_code_imports(folder, files):
+    """Raises `PublishError` when a remote-code file imports a package that users loading the model with
+    `trust_remote_code` may not have (anything but the standard library and `REMOTE_CODE_PACKAGES`)."""
+    from transformers.dynamic_module_utils import get_imports
+
+    problems = []
+    for name in files:
+        for module in get_imports(os.path.join(folder, name)):
+            if module not in sys.stdlib_module_names and module not in REMOTE_CODE_PACKAGES:
+                problems.append(f"{name} imports {module!r}")
+    if problems:
+        raise PublishError(
+            f"The remote code in {folder!r} would not import on users' machines: {'; '.join(problems)}. Remote-code "
+            f"files may import only the standard library, {', '.join(REMOTE_CODE_PACKAGES)} and each other (with "
+            f"single-dot relative imports)."
+        )
+
+
+def check_checkpoint(folder):
+    """Checks that `folder` is a complete ViFT checkpoint and returns `(config_dict, file_names)`: the names (relative
+    paths) of the files to publish from it. Raises `PublishError` listing what is missing."""
+    if not os.path.isdir(folder):
+        raise PublishError(f"The checkpoint folder {folder!r} does not exist.")
+    config = _read_json(os.path.join(folder, "config.json"), "The model config (config.json)")
+    if config.get("model_type") != "vift":
+        raise PublishError(
+            f"{folder}/config.json has model_type {config.get('model_type')!r}, not 'vift'. Convert LLaVA/Bunny "
+            f"checkpoints first with `python -m hub.convert`."
+        )
+    auto_map = config.get("auto_map") or {}
+    needed = {"AutoConfig", "AutoModel"}
+    if not needed <= set(auto_map):
+        raise PublishError(
+            f"{folder}/config.json has no auto_map for {sorted(needed - set(auto_map))}: users could not load it with "
+            f"trust_remote_code. Re-save it with `import modeling_vift` done first (save_pretrained writes the "
+            f"auto_map)."
+        )
+    problems = []
+    names = _list_files(folder)
+    safetensors = [n for n in names if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", n)]
+    if "model.safetensors.index.json" in names:
+        index = _read_json(os.path.join(folder, "model.safetensors.index.json"), "The weights index")
+        shards = sorted(set((index.get("weight_map") or {}).values()))
+        absent = [s for s in shards if s not in names]
+        if not shards or absent:
+            problems.append(f"weight shards listed in model.safetensors.index.json are missing: {absent[:5] or 'all'}")
+    elif "model.safetensors" not in safetensors:
+        bins = [n for n in names if n.endswith(".bin") and n.startswith("pytorch_model")]
+        problems.append(
+            "no safetensors weights (model.safetensors or model.safetensors.index.json + shards)"
+            + (" — the folder has PyTorch .bin weights: re-save with model.save_pretrained(...)" if bins else "")
+        )
+    processor_path = os.path.join(folder, "processor_config.json")
+    processor = _read_json(processor_path, "The processor config (processor_config.json)") if os.path.exists(processor_path) else None
+    if processor is None:
+        problems.append("processor_config.json (save the processor with processor.save_pretrained(folder))")
+    if not {"tokenizer_config.json"} <= set(names) or not ({"tokenizer.json", "tokenizer.model", "vocab.json"} & set(names)):
+        problems.append("tokenizer files (tokenizer_config.json and tokenizer.json / tokenizer.model / vocab.json)")
+    has_template = "chat_template.jinja" in names or "chat_template.json" in names or (processor or {}).get("chat_template")
+    if not has_template:
+        problems.append("a chat template (chat_template.jinja; ViFTProcessor.save_pretrained writes it)")
+    if problems:
+        raise PublishError(f"The checkpoint {folder!r} is incomplete; missing: " + "; ".join(problems) + ".")
+    code = remote_code_files(folder, [auto_map, (processor or {}).get("auto_map") or {}])
+    check_remote_code_imports(folder, code)
+    keep = [n for n in names if any(re.fullmatch(p, n) for p in _MODEL_FILE_PATTERNS)]
+    return config, sorted(set(keep) | set(code))
+
+
+def _list_files(folder):
+    names = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in files:
+            names.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+    return sorted(names)
+
+
+# --------------------------------------------------------------------------------------------------- generated files
+
+
+def build_generation_config(config, existing=None, tokenizer=None, fusion_by_default=False):
+    """A `GenerationConfig` carrying the fusion defaults (`fusion_alpha`, `fusion_beta`, `fusion_layers`) of the model
+    config (values already in `existing` win), with bos/eos/pad ids from the text config or the tokenizer."""
+    from transformers import GenerationConfig
+
+    bookkeeping = ("transformers_version", "_from_model_config")
+    existing = {k: v for k, v in dict(existing or {}).items() if k not in bookkeeping}
+    generation = GenerationConfig(**existing)
+    text_config = config["text_config"] if isinstance(config, dict) else config.text_config.to_dict()
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(generation, attr, None) is None:
+            value = text_config.get(attr)
+            if value is None and tokenizer is not None:
+                value = getattr(tokenizer, attr, None)
+            if value is not None:
+                setattr(generation, attr, value)
+    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
+    for name in ("fusion_alpha", "fusion_beta", "fusion_layers"):
+        if getattr(generation, name, None) is None:
+            value = get(name)
+            setattr(generation, name, list(value) if name == "fusion_layers" else float(value))
+    if fusion_by_default:
+        generation.fusion = True
+    return generation
+
+
+def _base_models_from_config(config):
+    found = []
+    for key in ("text_config", "vision_config"):
+        name = (config.get(key) or {}).get("_name_or_path") or ""
+        if name.count("/") == 1 and not os.path.exists(name) and not name.startswith((".", "/", "~")):
+            found.append(name)
+    return found
+
+
+def usage_snippet(repo_id, image_size):
+    return textwrap.dedent(
+        f"""\
+        from PIL import Image
+        from transformers import AutoModel, AutoProcessor
+
+        model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True, dtype="auto")
+        processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+
+        image = Image.new("RGB", ({image_size}, {image_size}), (30, 144, 255))  # or Image.open("photo.jpg")
+        messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "Describe the image."}}]}}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        # return_text_only=True also returns the prompt without the image, used by fused generation.
+        inputs = processor(images=[image], text=prompt, return_tensors="pt", return_text_only=True).to(model.device)
+        prompt_length = inputs["input_ids"].shape[1]
+
+        # Plain generation.
+        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        print(processor.decode(output[0, prompt_length:], skip_special_tokens=True))
+
+        # ViFT's ability-fused generation (defaults for alpha, beta and the layers come from generation_config.json).
+        output = model.generate(**inputs, fusion=True, max_new_tokens=64, do_sample=False)
+        print(processor.decode(output[0, prompt_length:], skip_special_tokens=True))
+        """
+    )
+
+
+def render_model_card(config, repo_id, base_models, license="apache-2.0", datasets=(), tags=(), generation=None):
+    """The model card: YAML metadata, what the model is, the usage snippet, the fusion defaults, data and citation."""
+    from huggingface_hub import ModelCardData
+
+    metadata = ModelCardData(
+        license=license,
+        base_model=list(base_models),
+        pipeline_tag="image-text-to-text",
+        library_name="transformers",
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+        datasets=list(datasets) or None,
+    )
+    text, vision = config["text_config"], config["vision_config"]
+    generation = generation or {}
+    alpha = generation.get("fusion_alpha", config.get("fusion_alpha"))
+    beta = generation.get("fusion_beta", config.get("fusion_beta"))
+    start, end = generation.get("fusion_layers", config.get("fusion_layers"))
+    name = repo_id.split("/")[1]
+    data_lines = "\n".join(f"- [{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "- not stated"
+    body = f"""
+# {name}
+
+A vision-language model in the layout of [ViFT]({PAPER}) (visual instruction-free fine-tuning): a vision tower, an
+MLP projector and a decoder language model, trained on image captions and text-only instructions. Its `generate`
+also offers ViFT's **ability-fused inference**: the question runs once as text only and once with the image, and
+the hidden states of the text-only run are fused into those of the multimodal run during the prefill.
+
+| part | |
+|---|---|
+| vision tower | `{vision.get('model_type')}`, {vision.get('image_size')} px images, patch {vision.get('patch_size')}, features of hidden layer {config.get('vision_feature_layer')}, {config.get('image_seq_length')} tokens per image |
+| projector | {config.get('projector_depth')} linear layer(s), `{config.get('projector_hidden_act')}` |
+| language model | `{text.get('model_type')}`, {text.get('num_hidden_layers')} layers, hidden size {text.get('hidden_size')} |
+| base models | {', '.join(f'[{b}](https://huggingface.co/{b})' for b in base_models)} |
+| fusion defaults | alpha {alpha}, beta {beta}, layers [{start}, {end}) |
+
+The model code ships with the weights, so no package needs installing: load it with `trust_remote_code=True`
+(transformers >= 5).
+
+## Usage
+
+```python
+{usage_snippet(repo_id, vision.get('image_size') or 384).rstrip()}
+```
+
+`fusion_alpha`, `fusion_beta` and `fusion_layers=(start, end)` can be passed to `generate` to override the defaults
+above. Fused generation steers, at the input of each decoder layer in `[start, end)` and during the prefill only,
+the last n positions of the multimodal prompt by `alpha * H(text-only) - beta * H(multimodal)` (n = length of the
+text-only prompt); decoding steps see the change through the KV cache.
+
+## Training data
+
+{data_lines}
+
+## Citation
+
+```bibtex
+@article{{liu2025vift,
+  title   = {{Do we Really Need Visual Instructions? Towards Visual Instruction-Free Fine-tuning for Large Vision-Language Models}},
+  author  = {{Liu, Zikang and Zhou, Kun and Zhao, Wayne Xin and Gao, Dawei and Li, Yaliang and Wen, Ji-Rong}},
+  journal = {{arXiv preprint arXiv:2502.11427}},
+  year    = {{2025}}
+}}
+```
+"""
+    return f"---\n{metadata.to_yaml()}\n---\n{body}"
+
+
+# --------------------------------------------------------------------------------------------------- planning
+
+
+def plan_model_upload(checkpoint, repo_id, base_models=None, license="apache-2.0", datasets=(), tags=(),
+                      fusion_by_default=False):
+    """Returns `(files, card_text, left_out)` for publishing `checkpoint` as `repo_id`; raises `PublishError`."""
+    check_repo_id(repo_id, "model")
+    for dataset in datasets:
+        check_repo_id(dataset, "dataset")
+    config, names = check_checkpoint(checkpoint)
+    base_models = list(base_models or _base_models_from_config(config))
+    if not base_models:
+        raise PublishError(
+            "The model card needs its base models (the language model and the vision tower) and the config does not "
+            "name them: pass --base-model twice, e.g. --base-model Qwen/Qwen2.5-7B-Instruct "
+            "--base-model google/siglip-so400m-patch14-384."
+        )
+    for base in base_models:
+        check_repo_id(base, "model")
+    existing_path = os.path.join(checkpoint, "generation_config.json")
+    existing = _read_json(existing_path, "generation_config.json") if os.path.exists(existing_path) else None
+    generation = build_generation_config(config, existing, fusion_by_default=fusion_by_default).to_diff_dict()
+    generation_bytes = (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode()
+    card = render_model_card(config, repo_id, base_models, license, datasets, tags, generation)
+
+    files = [
+        PlannedFile(n, os.path.getsize(os.path.join(checkpoint, n)), "checkpoint", source=os.path.join(checkpoint, n))
+        for n in names if n not in _GENERATED
+    ]
+    files.append(PlannedFile("generation_config.json", len(generation_bytes), "generated: fusion defaults",
+                             content=generation_bytes))
+    files.append(PlannedFile("README.md", len(card.encode()), "generated: model card", content=card.encode()))
+    left_out = sorted(set(_list_files(checkpoint)) - set(names) - set(_GENERATED))
+    return files, card, left_out
+
+
+# --------------------------------------------------------------------------------------------------- verification
+
+_VERIFY_SCRIPT = r"""
+import importlib.abc, inspect, json, sys
+
+class _HideInstalledPackage(importlib.abc.MetaPathFinder):
+    # The folder must load from its own remote code, not from an installed vift package.
+    def find_spec(self, name, path=None, target=None):
+        if name == "modeling_vift" or name.startswith("modeling_vift."):
+            raise ImportError("the vift package is hidden while verifying a folder")
+        return None
+
+sys.meta_path.insert(0, _HideInstalledPackage())
+
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype="auto").eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+size = model.config.vision_config.image_size
+image = Image.new("RGB", (size, size), (30, 144, 255))
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=[image], text=prompt, return_tensors="pt", return_text_only=True)
+length = inputs["input_ids"].shape[1]
+result = {"model_class": type(model).__module__ + "." + type(model).__name__,
+          "processor_class": type(processor).__module__ + "." + type(processor).__name__}
+with torch.no_grad():
+    plain = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    result["new_tokens"] = int(plain.shape[1] - length)
+    if "fusion" in inspect.signature(model.generate).parameters:
+        fused = model.generate(**inputs, fusion=True, max_new_tokens=4, do_sample=False)
+        result["fused_new_tokens"] = int(fused.shape[1] - length)
+print("VIFT_VERIFY_RESULT " + json.dumps(result))
+"""
+
+
+def verify_folder(folder, timeout=1800):
+    """Loads `folder` with `trust_remote_code=True` in a fresh Python process (offline, with the installed vift package
+    hidden) and generates with it, plainly and fused. Returns the result dict; raises `PublishError` if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("HF_TOKEN", None)
+    with tempfile.TemporaryDirectory() as cwd:
+        env["HF_MODULES_CACHE"] = os.path.join(cwd, "modules")  # a fresh remote-code cache: the folder's own files
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _VERIFY_SCRIPT, os.path.abspath(folder)],
+                cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise PublishError(
+                f"Loading and generating with {folder!r} took longer than {timeout} s; not uploading."
+            ) from None
+    lines = [l for l in done.stdout.splitlines() if l.startswith("VIFT_VERIFY_RESULT ")]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise PublishError(
+            f"The folder does not load and generate with trust_remote_code=True in a fresh process, so it is not "
+            f"uploaded. Fix the error below (often a remote-code file that imports something users do not have, or a "
+            f"file missing from the folder):\n{tail}"
+        )
+    result = json.loads(lines[-1][len("VIFT_VERIFY_RESULT "):])
+    if result.get("new_tokens", 0) < 1:
+        raise PublishError(f"The folder loads but generated no token ({result}); not uploading.")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- push
+
+
+def push_model(
+    checkpoint,
+    repo_id,
+    *,
+    base_models=None,
+    license="apache-2.0",
+    datasets=(),
+    tags=(),
+    private=False,
+    revision=None,
+    commit_message=None,
+    token=None,
+    dry_run=False,
+    local_dir=None,
+    fusion_by_default=False,
+    verify_timeout=1800,
+    api=None,
+    log=print,
+):
+    """Publishes a ViFT checkpoint folder as `repo_id` (see the module docstring for the steps). With `dry_run` it
+    prints the exact file plan and card and uploads nothing; with `local_dir` the repository's files are also laid
+    out there. `api` defaults to `HfApi(token=token)`. Returns the upload's result (None for a dry run)."""
+    files, card, left_out = plan_model_upload(
+        checkpoint, repo_id, base_models, license, datasets, tags, fusion_by_default
+    )
+    if local_dir and os.path.isdir(local_dir):
+        stray = sorted(set(_list_files(local_dir)) - {f.path_in_repo for f in files})
+        if stray:
+            raise PublishError(
+                f"--local-dir {local_dir!r} holds files that are not part of this repository ({stray[:5]}): give an "
+                f"empty or new folder, so that it shows exactly what is uploaded."
+            )
+    log(format_plan(files, repo_id, "model", private, revision, left_out))
+    if dry_run:
+        log("--- README.md ---\n" + card)
+        if local_dir:
+            materialize(files, local_dir, link=False)
+            log(f"Dry run: the repository's files were laid out in {local_dir}; nothing was verified or uploaded.")
+        else:
+            log("Dry run: nothing was verified or uploaded.")
+        return None
+
+    staging = local_dir or tempfile.mkdtemp(prefix=".vift-publish-", dir=os.path.dirname(os.path.abspath(checkpoint)))
+    try:
+        materialize(files, staging, link=local_dir is None)
+        log("Verifying in a fresh process that the folder loads with trust_remote_code and generates ...")
+        result = verify_folder(staging, timeout=verify_timeout)
+        log(f"Verified: {result['model_class']} generated {result['new_tokens']} token(s)"
+            + (f", fused {result['fused_new_tokens']}" if "fused_new_tokens" in result else "") + ".")
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        message = commit_message or f"Upload ViFT model ({len(files)} files)"
+        outcome = upload_to_hub(api, staging, files, repo_id, "model", private, revision, message)
+        log(f"Uploaded to https://huggingface.co/{repo_id}" + (f" (revision {revision})" if revision else ""))
+        return outcome
+    finally:
+        if local_dir is None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = [
+    "PublishError",
+    "build_generation_config",
+    "check_checkpoint",
+    "check_repo_id",
+    "plan_model_upload",
+    "push_model",
+    "render_model_card",
+    "upload_to_hub",
+    "usage_snippet",
+    "verify_folder",
+]
