@@ -1,0 +1,392 @@
+"""Training ViFT with TRL's `SFTTrainer`: stage set-up (what is trained, at which learning rate), the trainer
+subclass for what TRL has no hook for, and the `main` the recipes in `recipes/` call.
+
+- Stage 1 (alignment): only the projector is trained (vision tower and language model frozen), "plain" template.
+- Stage 2 (ability-specific fine-tuning): language model + projector + vision tower, with the language model at
+  `learning_rate` and the projector / vision tower at their own learning rates (the authors: 1e-5 and 2e-6); or, with
+  `use_peft`, LoRA on the language model only and the projector fully trained.
+
+TRL refuses packing for datasets with images, so the recipes hand `SFTTrainer` an already packed dataset
+(`dataset_kwargs.skip_prepare_dataset`, `remove_unused_columns=False`) and the vision-aware collator of `packing.py`.
+`ViFTSFTTrainer` adds parameter groups with separate learning rates and the report of skipped samples.
+
+Not part of the remote-code bundle.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+
+from .data import MixtureConfig, SkipReport, build_training_data
+from .packing import PACKED_SDPA, SKIPS_KEY, ViFTDataCollator, fill_ratio, merge_skips, packed_rows_dataset
+
+logger = logging.getLogger(__name__)
+
+LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+REPORT_FILE = "vift_data_report.json"
+
+
+@dataclass
+class ViFTScriptArguments:
+    """Data and stage options of the ViFT recipes (next to TRL's `SFTConfig` and `ModelConfig`).
+
+    `SFTConfig.packing` switches on ViFT's vision-aware packing (rows of `max_length` tokens, padding-free);
+    `SFTConfig.padding_free` without packing concatenates unpacked samples the same way."""
+
+    dataset_mixture: dict | str | None = field(
+        default=None,
+        metadata={"help": "Mixture YAML path, or an inline mapping {seed, num_samples, sources: [...]} (see data.py)."},
+    )
+    vision_tower_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Build ViFT from this vision tower and the LM `model_name_or_path` (a fresh projector). "
+                  "Leave unset to load `model_name_or_path` as a ViFT checkpoint (e.g. the stage-1 output)."},
+    )
+    image_token: str = field(default="<image>", metadata={"help": "Image placeholder added to the LM tokenizer."})
+    template: str | None = field(
+        default=None, metadata={"help": "'plain' (image then caption) or 'chat'; defaults: stage 1 plain, stage 2 chat."}
+    )
+    pad_to_square: bool | None = field(
+        default=None, metadata={"help": "Pad images to square with the mean colour (defaults: stage 1 no, stage 2 yes)."}
+    )
+    overlong: str = field(
+        default="truncate",
+        metadata={"help": "Samples longer than max_length: 'truncate' the text or 'drop' them. A sample whose images "
+                  "do not fit is always dropped (images are never cut)."},
+    )
+    max_images_per_row: int | None = field(default=8, metadata={"help": "Cap on images per packed row."})
+    strict_images: bool = field(
+        default=False, metadata={"help": "Fail on the first bad record or missing/unreadable image instead of skipping."}
+    )
+    check_image_files: bool = field(
+        default=True, metadata={"help": "Check that image files exist while tokenising (skips them before packing)."}
+    )
+    train_vision_tower: bool = field(default=True, metadata={"help": "Stage 2 (full): also train the vision tower."})
+    projector_learning_rate: float | None = field(
+        default=None, metadata={"help": "Stage 2: projector learning rate (default: learning_rate)."}
+    )
+    vision_tower_learning_rate: float | None = field(
+        default=None, metadata={"help": "Stage 2: vision tower learning rate (default: learning_rate)."}
+    )
+    always_run_vision: bool = field(
+        default=True,
+        metadata={"help": "Give text-only batches a zero-loss image so the vision tower runs on every rank "
+                  "(required by FSDP / ZeRO-3, and by DDP without find_unused_parameters)."},
+    )
+
+
+def make_parser():
+    return TrlParser((ViFTScriptArguments, SFTConfig, ModelConfig))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model and stage
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _dtype(name):
+    if name in (None, "auto"):
+        return name
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype must be one of auto, bfloat16, float16, float32; got {name!r}.")
+    return getattr(torch, name)
+
+
+def load_model_and_processor(script_args, model_args, stage):
+    """A ViFT model and processor: from a ViFT checkpoint, or from a vision tower and a language model."""
+    from . import ViFTForConditionalGeneration, ViFTProcessor
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("Set `model_name_or_path` (a ViFT checkpoint, or the language model with "
+                         "`vision_tower_name_or_path`).")
+    pad_to_square = script_args.pad_to_square if script_args.pad_to_square is not None else stage == 2
+    dtype = _dtype(model_args.dtype)
+    if script_args.vision_tower_name_or_path:
+        model = ViFTForConditionalGeneration.from_components(
+            script_args.vision_tower_name_or_path, model_args.model_name_or_path, image_token=script_args.image_token,
+            dtype=None if dtype == "auto" else dtype,
+        )
+        processor = ViFTProcessor.from_components(
+            script_args.vision_tower_name_or_path, model_args.model_name_or_path, image_token=script_args.image_token,
+            pad_to_square=pad_to_square,
+        )
+    else:
+        kwargs = {"revision": model_args.model_revision}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = ViFTForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **kwargs)
+        processor = ViFTProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        processor.pad_to_square = pad_to_square
+    if model_args.attn_implementation:
+        model.set_attn_implementation(model_args.attn_implementation)
+    if processor.image_token_id != model.config.image_token_id:
+        raise ValueError(
+            f"The processor's image token id ({processor.image_token_id}) differs from the model's "
+            f"config.image_token_id ({model.config.image_token_id}): use the processor saved with the model."
+        )
+    return model, processor
+
+
+def attn_uses_seq_lens(implementation):
+    """Whether an attention implementation attends packed samples by their boundaries (`cu_seq_lens_q`)."""
+    return implementation == PACKED_SDPA or implementation.startswith("flash_attention")
+
+
+def configure_stage(model, stage, use_lora=False, train_vision_tower=True):
+    """Sets `requires_grad` for a stage: stage 1 trains the projector only; stage 2 trains the language model,
+    the projector and (if `train_vision_tower`) the vision tower. With LoRA, PEFT freezes the base weights itself and
+    the vision tower stays frozen. Returns the number of trainable parameters."""
+    base = model.model
+    if stage == 1:
+        model.requires_grad_(False)
+        base.multi_modal_projector.requires_grad_(True)
+    elif stage == 2:
+        model.requires_grad_(True)
+        if use_lora or not train_vision_tower:
+            base.vision_tower.requires_grad_(False)
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}.")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lm_lora_config(model_args):
+    """LoRA on the language model only (never the vision tower), with the projector fully trained and saved."""
+    from peft import LoraConfig
+
+    targets = model_args.lora_target_modules or list(LM_LORA_TARGETS)
+    if isinstance(targets, str):
+        targets = [targets]
+    if targets == ["all-linear"]:
+        targets = list(LM_LORA_TARGETS)
+    pattern = r".*\.language_model\..*\.(" + "|".join(targets) + r")"
+    modules_to_save = ["multi_modal_projector", *(model_args.lora_modules_to_save or [])]
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=pattern,
+        modules_to_save=modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        task_type=model_args.lora_task_type,
+    )
+
+
+def parameter_part(name):
+    """`vision_tower`, `multi_modal_projector` or `language_model` (everything else: LM layers, embeddings, head)."""
+    for part in ("vision_tower", "multi_modal_projector"):
+        if f".{part}." in f".{name}." or name.startswith(f"{part}."):
+            return part
+    return "language_model"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def prepare_sft_config(args):
+    """Makes `SFTConfig` hand the ViFT dataset and collator through untouched: TRL must not tokenise, pack, pad or
+    drop columns. Returns `(packing, padding_free)` as the user asked for them (ViFT implements both)."""
+    packing, padding_free = bool(args.packing), bool(args.padding_free or args.packing)
+    if packing and args.packing_strategy != "bfd":
+        raise ValueError(f"ViFT packs with best-fit decreasing only; packing_strategy={args.packing_strategy!r} "
+                         f"is not supported (use 'bfd').")
+    if args.assistant_only_loss or args.completion_only_loss:
+        raise ValueError("assistant_only_loss / completion_only_loss are TRL's own label masks; ViFT always builds "
+                         "assistant-only labels (caption-only for the plain template). Leave both unset.")
+    args.packing = False
+    args.padding_free = False
+    args.remove_unused_columns = False
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    return packing, padding_free
+
+
+class ViFTSFTTrainer(SFTTrainer):
+    """`SFTTrainer` with per-part learning rates (`learning_rates={"vision_tower": lr, "multi_modal_projector": lr}`,
+    the rest at `args.learning_rate`) and a report of the samples the collator skipped (missing or unreadable
+    images), logged as `skipped_samples` and gathered across ranks by `skip_report()`."""
+
+    def __init__(self, *args, learning_rates=None, data_report=None, **kwargs):
+        self.learning_rates = dict(learning_rates or {})
+        unknown = set(self.learning_rates) - {"vision_tower", "multi_modal_projector", "language_model"}
+        if unknown:
+            raise ValueError(f"learning_rates keys must be vision_tower, multi_modal_projector or language_model; "
+                             f"got {sorted(unknown)}.")
+        self.data_report = data_report or SkipReport()
+        self.runtime_report = SkipReport()
+        training_args = kwargs.get("args")
+        if training_args is not None and (training_args.remove_unused_columns or not (
+                training_args.dataset_kwargs or {}).get("skip_prepare_dataset")):
+            raise ValueError("ViFTSFTTrainer takes a dataset built by modeling_vift.packing: call "
+                             "modeling_vift.training.prepare_sft_config(args) first (it sets remove_unused_columns="
+                             "False and dataset_kwargs.skip_prepare_dataset=True).")
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or not self.learning_rates:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = {}
+        for name, param in opt_model.named_parameters():
+            if not param.requires_grad:
+                continue
+            part = parameter_part(name)
+            lr = self.learning_rates.get(part, self.args.learning_rate)
+            key = (part, name in decay)
+            if key not in groups:
+                groups[key] = {"params": [], "lr": lr, "weight_decay": self.args.weight_decay if key[1] else 0.0,
+                               "name": f"{part}{'' if key[1] else '_no_decay'}"}
+            groups[key]["params"].append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k != "lr"}
+        # The language model's groups first: the Trainer logs the learning rate of the first group.
+        order = {"language_model": 0, "multi_modal_projector": 1, "vision_tower": 2}
+        ordered = [groups[key] for key in sorted(groups, key=lambda k: (order[k[0]], not k[1]))]
+        self.optimizer = optimizer_cls(ordered, lr=self.args.learning_rate, **optimizer_kwargs)
+        for group in self.optimizer.param_groups:
+            logger.info("param group %s: %d tensors, lr %g", group["name"], len(group["params"]), group["lr"])
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skips = inputs.pop(SKIPS_KEY, None)
+        if skips and model.training:
+            merge_skips(self.runtime_report, skips)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:
+            logs["skipped_samples"] = self.runtime_report.total_skipped
+        super().log(logs, start_time)
+
+    def skip_report(self):
+        """The data-preparation report plus the samples skipped while training, summed over all ranks."""
+        from accelerate.utils import gather_object
+
+        report = SkipReport().merge(self.data_report)
+        for skipped in gather_object([dict(self.runtime_report.skipped)]):
+            report.skipped.update(skipped)
+        return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Recipe entry point
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_trainer(stage, script_args, training_args, model_args):
+    """Everything up to a ready `ViFTSFTTrainer` (used by `main` and by tests)."""
+    if script_args.dataset_mixture is None:
+        raise ValueError("Set `dataset_mixture` (a mixture YAML path or an inline mapping with `sources`).")
+    use_lora = bool(model_args.use_peft)
+    if stage == 1 and use_lora:
+        raise ValueError("Stage 1 trains the projector only; LoRA (use_peft) applies to stage 2.")
+    packing, padding_free = prepare_sft_config(training_args)
+    if padding_free and model_args.attn_implementation is None:
+        model_args.attn_implementation = PACKED_SDPA
+        logger.info("Padding-free batches: attention runs sample by sample (attn_implementation=%s).", PACKED_SDPA)
+    model, processor = load_model_and_processor(script_args, model_args, stage)
+    template = script_args.template or ("plain" if stage == 1 else "chat")
+    mixture = MixtureConfig.from_value(script_args.dataset_mixture)
+
+    with training_args.main_process_first(desc="ViFT data preparation"):
+        data = build_training_data(
+            mixture, processor, max_length=training_args.max_length, template=template,
+            overlong=script_args.overlong, strict=script_args.strict_images,
+            check_image_files=script_args.check_image_files,
+            max_images_per_sample=script_args.max_images_per_row if packing else None,
+            num_proc=training_args.dataset_num_proc, seed=training_args.seed, log=logger.info,
+        )
+    logger.info(data.report.format("ViFT data preparation"))
+    train_dataset = packed_rows_dataset(data, training_args.max_length, packing, script_args.max_images_per_row)
+    if packing:
+        logger.info("Packed %d samples into %d rows of %d tokens (fill %.4f).", len(data), len(train_dataset),
+                    training_args.max_length, fill_ratio(train_dataset["num_tokens"], training_args.max_length))
+    collator = ViFTDataCollator(
+        processor, data, padding_free=padding_free, strict_images=script_args.strict_images,
+        always_run_vision=script_args.always_run_vision,
+        pad_to_multiple_of=training_args.pad_to_multiple_of if isinstance(training_args.pad_to_multiple_of, int) else None,
+        return_seq_lens=padding_free and attn_uses_seq_lens(model.config._attn_implementation),
+    )
+
+    trainable = configure_stage(model, stage, use_lora=use_lora, train_vision_tower=script_args.train_vision_tower)
+    logger.info("Stage %d: %d trainable parameters before PEFT.", stage, trainable)
+    learning_rates = {}
+    if stage == 2:
+        if script_args.projector_learning_rate is not None:
+            learning_rates["multi_modal_projector"] = script_args.projector_learning_rate
+        if script_args.vision_tower_learning_rate is not None and not use_lora:
+            learning_rates["vision_tower"] = script_args.vision_tower_learning_rate
+    return ViFTSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        peft_config=lm_lora_config(model_args) if use_lora else None,
+        learning_rates=learning_rates,
+        data_report=data.report,
+    )
+
+
+def save_final(trainer, output_dir):
+    """Saves the trained model with its processor and remote code; a LoRA model is merged first, so the folder
+    loads with `trust_remote_code=True` like any ViFT checkpoint (the adapters stay in the checkpoint-* folders)."""
+    from accelerate.utils import is_peft_model
+
+    model = trainer.model
+    if is_peft_model(model):
+        # The fused LM head is an instance attribute of the base model: drop it before saving the merged weights.
+        merged = trainer.accelerator.unwrap_model(model).merge_and_unload()
+        merged.__dict__.pop("forward", None)
+        if trainer.accelerator.is_main_process:
+            merged.save_pretrained(output_dir)
+            trainer.processing_class.save_pretrained(output_dir)
+        trainer.accelerator.wait_for_everyone()
+    else:
+        trainer.save_model(output_dir)
+
+
+def main(stage, script_args, training_args, model_args):
+    """Runs one ViFT training stage and writes the model, the processor and the skip report to `output_dir`."""
+    import transformers
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the dataloader workers fork after tokenising
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    trainer = build_trainer(stage, script_args, training_args, model_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    report = trainer.skip_report()
+    save_final(trainer, training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
+        text = report.format(f"ViFT stage {stage} skip report")
+        logger.info(text)
+        trainer.accelerator.print(text)
+        with open(os.path.join(training_args.output_dir, REPORT_FILE), "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+        trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    accelerator = trainer.accelerator
+    print(f"[rank {accelerator.process_index}/{accelerator.num_processes}] ViFT stage {stage} finished.", flush=True)
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return trainer
+
+
+def run(stage, args=None):
+    """Parses `--config recipe.yaml` plus command-line overrides and runs the stage."""
+    script_args, training_args, model_args = make_parser().parse_args_and_config(args)
+    return main(stage, script_args, training_args, model_args)
+
+
+__all__ = [
+    "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
+    "load_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
+]

@@ -1,0 +1,216 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_vift.data import ImageLoadError, build_training_data
+from modeling_vift.packing import (
+    PACKED_SDPA,
+    SKIPS_KEY,
+    ViFTDataCollator,
+    fill_ratio,
+    pack_bfd,
+    packed_rows_dataset,
+)
+from modeling_vift.testing_utils import tiny_vift
+from tests._training_fixtures import tiny_assets  # noqa: F401  (session fixture)
+
+MAX_LENGTH = 160
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    model, processor = tiny_vift()
+    return model.float(), processor
+
+
+@pytest.fixture(scope="module")
+def data(tiny_assets, model_and_processor):  # noqa: F811
+    mixture = {
+        "seed": 0,
+        "sources": [
+            {"name": "captions", "path": tiny_assets["stage2_captions"], "image_folder": tiny_assets["image_folder"]},
+            {"name": "text", "path": tiny_assets["text_instructions"]},
+            {"name": "trl", "path": tiny_assets["trl_mixed"], "fraction": 0.5},
+        ],
+    }
+    return build_training_data(mixture, model_and_processor[1], max_length=MAX_LENGTH, template="chat")
+
+
+def multi_sample_rows(data, count):
+    """The `count` packed rows holding the most samples (with images among them)."""
+    rows = packed_rows_dataset(data, MAX_LENGTH, packing=True, max_images_per_row=8)
+    chosen = sorted((rows[i] for i in range(len(rows))), key=lambda r: -len(r["rows"]))[:count]
+    assert all(len(r["rows"]) >= 2 for r in chosen)
+    return chosen
+
+
+def singles(rows):
+    return [{"sources": [s], "rows": [r]} for row in rows for s, r in zip(row["sources"], row["rows"])]
+
+
+def loss_and_grads(model, batch, fused=False):
+    model.zero_grad()
+    inputs = {k: v for k, v in batch.items() if k != SKIPS_KEY}
+    output = model(**inputs, fused_lm_head=True) if fused else model(**inputs)
+    output.loss.backward()
+    return output.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_bfd_places_every_sample_once_within_row_length_and_image_cap():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=2000)
+    images = rng.integers(0, 3, size=2000)
+    bins = pack_bfd(lengths, 512, images, max_images_per_row=3)
+    members = np.concatenate(bins)
+    assert sorted(members.tolist()) == list(range(2000))
+    assert max(lengths[b].sum() for b in bins) <= 512
+    assert max(images[b].sum() for b in bins) <= 3
+    # The cap binds: without it rows take more images.
+    assert max(images[b].sum() for b in pack_bfd(lengths, 512)) > 3
+
+
+def test_bfd_reaches_97_percent_fill_on_a_caption_and_text_mix():
+    rng = np.random.default_rng(0)
+    n = 6000
+    is_caption = rng.random(n) < 0.7
+    lengths = np.where(is_caption, 729 + rng.integers(50, 301, n), rng.integers(100, 3001, n))
+    bins = pack_bfd(lengths, 4096, is_caption.astype(int), max_images_per_row=8)
+    assert fill_ratio([lengths[b].sum() for b in bins], 4096) >= 0.97
+
+
+def test_bfd_rejects_samples_that_cannot_fit_a_row():
+    with pytest.raises(ValueError, match="exceeds max_length=10"):
+        pack_bfd([5, 11], 10)
+    with pytest.raises(ValueError, match="more than max_images_per_row=1"):
+        pack_bfd([5, 5], 10, [1, 2], max_images_per_row=1)
+
+
+def test_packed_rows_carry_references_only_and_collate_with_positions_restarting_per_sample(data, model_and_processor):
+    processor = model_and_processor[1]
+    rows_dataset = packed_rows_dataset(data, MAX_LENGTH, packing=True, max_images_per_row=8)
+    assert rows_dataset.column_names == ["sources", "rows", "num_tokens"]  # no image bytes, no tokens
+    assert sum(len(r) for r in rows_dataset["rows"]) == len(data)
+    rows = multi_sample_rows(data, 3)
+    batch = ViFTDataCollator(processor, data, padding_free=True)(rows)
+    assert set(batch) >= {"input_ids", "labels", "position_ids"} and "attention_mask" not in batch
+    positions, labels = batch["position_ids"][0], batch["labels"][0]
+    starts = (positions == 0).nonzero().flatten().tolist()
+    assert len(starts) == sum(len(r["rows"]) for r in rows)
+    assert all(labels[s] == -100 for s in starts)  # no target across a boundary
+    assert batch["input_ids"].shape[1] == sum(r["num_tokens"] for r in rows)
+    # The images ride with their rows, in order of appearance.
+    expected = [image for r in rows for s, i in zip(r["sources"], r["rows"]) for image in data.sources[s].load_images(i)]
+    n_image_tokens = int((batch["input_ids"] == processor.image_token_id).sum())
+    assert n_image_tokens == len(expected) * processor.image_seq_length
+    if expected:
+        reference = processor.image_processor(processor.prepare_images(expected), return_tensors="pt")["pixel_values"]
+        assert torch.equal(batch["pixel_values"], reference)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA])
+def test_packed_batch_loss_and_gradients_equal_unpacked_batch(data, model_and_processor, attention):
+    from trl.trainer.utils import add_fused_lm_head
+
+    model, processor = model_and_processor
+    model = copy.deepcopy(model).train()
+    rows = multi_sample_rows(data, 4)
+    padded = ViFTDataCollator(processor, data, padding_free=False)(singles(rows))
+    model.set_attn_implementation(attention)
+    packed = ViFTDataCollator(processor, data, padding_free=True, return_seq_lens=attention == PACKED_SDPA)(rows)
+    assert ("cu_seq_lens_q" in packed) == (attention == PACKED_SDPA)
+    assert packed["input_ids"].shape[0] == 1 and padded["input_ids"].shape[0] == len(singles(rows))
+    assert "pixel_values" in packed
+
+    packed_loss, packed_grads = loss_and_grads(model, packed)
+    padded_loss, padded_grads = loss_and_grads(model, padded)
+    assert torch.allclose(packed_loss, padded_loss, atol=1e-5, rtol=0)
+    assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 0
+    for name in packed_grads:
+        assert torch.allclose(packed_grads[name], padded_grads[name], atol=1e-5, rtol=0), name
+
+    # The same through TRL's fused LM head, which the SFTTrainer uses.
+    add_fused_lm_head(model)
+    fused_loss, fused_grads = loss_and_grads(model, packed, fused=True)
+    assert torch.allclose(fused_loss, padded_loss, atol=1e-5, rtol=0)
+    for name in fused_grads:
+        assert torch.allclose(fused_grads[name], padded_grads[name], atol=1e-5, rtol=0), name
+
+
+@pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA])
+def test_perturbing_one_packed_sample_leaves_the_others_logits_unchanged(data, model_and_processor, attention):
+    model, processor = model_and_processor
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(attention)
+    rows = multi_sample_rows(data, 1)
+    collator = ViFTDataCollator(processor, data, padding_free=True, return_seq_lens=attention == PACKED_SDPA)
+    batch = collator(rows)
+    batch.pop(SKIPS_KEY)
+    positions = batch["position_ids"][0]
+    starts = (positions == 0).nonzero().flatten().tolist() + [positions.numel()]
+    assert len(starts) >= 3
+    victim = slice(starts[0], starts[1])  # the first sample: every later one could see it if attention leaked
+    perturbed = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+    ids = perturbed["input_ids"][0, victim]
+    text = ids != processor.image_token_id
+    ids[text] = (ids[text] + 7) % processor.tokenizer.vocab_size
+    if "pixel_values" in perturbed:
+        perturbed["pixel_values"][0] = torch.randn_like(perturbed["pixel_values"][0])
+    with torch.no_grad():
+        logits = model(**batch).logits[0]
+        changed = model(**perturbed).logits[0]
+    assert not torch.allclose(logits[victim], changed[victim])
+    others = torch.ones(positions.numel(), dtype=torch.bool)
+    others[victim] = False
+    if "pixel_values" in batch and (batch["input_ids"][0, victim] == processor.image_token_id).sum() == 0:
+        # The perturbed image belongs to another sample: exclude that sample too.
+        first_image = (batch["input_ids"][0] == processor.image_token_id).nonzero()[0].item()
+        owner = max(i for i, s in enumerate(starts[:-1]) if s <= first_image)
+        others[starts[owner]:starts[owner + 1]] = False
+    assert others.any()
+    assert torch.equal(logits[others], changed[others])
+
+
+def test_text_only_batch_runs_the_vision_tower_without_changing_the_loss(data, model_and_processor):
+    model, processor = model_and_processor
+    text_rows = [{"sources": [int(s)], "rows": [int(r)]}
+                 for s, r, n in zip(data.source_ids, data.rows, data.num_images) if n == 0][:3]
+    plain = ViFTDataCollator(processor, data, padding_free=True)(text_rows)
+    with_vision = ViFTDataCollator(processor, data, padding_free=True, always_run_vision=True)(text_rows)
+    assert "pixel_values" not in plain and with_vision["pixel_values"].shape[0] == 1
+    model = copy.deepcopy(model).train()
+    loss_plain, _ = loss_and_grads(model, plain)
+    loss_vision, grads = loss_and_grads(model, with_vision)
+    assert torch.allclose(loss_plain, loss_vision, atol=1e-6)
+    assert any("vision_tower" in name for name in grads)  # it ran, with zero-effect gradients
+    assert all(grads[n].abs().max() == 0 for n in grads if "vision_tower" in n or "multi_modal_projector" in n)
+
+
+def test_missing_and_unreadable_images_are_skipped_counted_or_fatal_in_strict_mode(tmp_path, model_and_processor):
+    from recipes.make_tiny_assets import write_images
+    import json
+
+    processor = model_and_processor[1]
+    names = write_images(str(tmp_path / "images"), 3)
+    (tmp_path / "images" / names[1]).write_bytes(b"not a png at all")
+    records = [
+        {"id": str(i), "image": name, "conversations": [{"from": "human", "value": "<image>\n"},
+                                                         {"from": "gpt", "value": "a red circle"}]}
+        for i, name in enumerate([names[0], names[1], "gone.png"])
+    ]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    mixture = {"sources": [{"name": "caps", "path": str(tmp_path / "d.json"), "image_folder": str(tmp_path / "images")}]}
+    # File checks off: every image problem surfaces while loading the batch, in the dataloader workers.
+    data = build_training_data(mixture, processor, max_length=MAX_LENGTH, check_image_files=False)
+    rows = packed_rows_dataset(data, MAX_LENGTH, packing=True)
+    loader = torch.utils.data.DataLoader(rows, batch_size=len(rows), num_workers=1,
+                                         collate_fn=ViFTDataCollator(processor, data))
+    batch = next(iter(loader))
+    assert batch[SKIPS_KEY] == {"caps/unreadable_image": 1, "caps/missing_image": 1}
+    assert batch["pixel_values"].shape[0] == 1 and int((batch["position_ids"][0] == 0).sum()) == 1
+    with pytest.raises(ImageLoadError, match="cannot be decoded|does not exist"):
+        ViFTDataCollator(processor, data, strict_images=True)([rows[i] for i in range(len(rows))])
+    # With file checks on (the default), missing files are counted before packing.
+    checked = build_training_data(mixture, processor, max_length=MAX_LENGTH)
+    assert dict(checked.report.skipped) == {"caps/missing_image": 1} and len(checked) == 2

@@ -1,0 +1,219 @@
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+import yaml
+
+from modeling_vift import ViFTForConditionalGeneration
+from modeling_vift.testing_utils import tiny_vift
+from modeling_vift.training import build_trainer, configure_stage, lm_lora_config, make_parser, save_final
+from tests._training_fixtures import (  # noqa: F401  (tiny_assets is a session fixture)
+    REPO,
+    load_with_remote_code,
+    run_command,
+    run_recipe,
+    tiny_assets,
+    train_losses,
+)
+
+
+def tiny_args(config, *overrides):
+    args = ["--config", os.path.join(REPO, "recipes", config), *map(str, overrides)]
+    return make_parser().parse_args_and_config(args)
+
+
+def trainable_names(model):
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_stage1_trains_the_projector_only_and_stage2_everything():
+    model, _ = tiny_vift()
+    configure_stage(model, 1)
+    assert trainable_names(model) == {n for n, _ in model.named_parameters() if ".multi_modal_projector." in n}
+    configure_stage(model, 2)
+    assert trainable_names(model) == {n for n, _ in model.named_parameters()}
+    configure_stage(model, 2, train_vision_tower=False)
+    assert not any(".vision_tower." in n for n in trainable_names(model))
+
+
+def test_stage2_lora_adapts_the_language_model_only_and_fully_trains_the_projector():
+    from peft import get_peft_model
+    from trl import ModelConfig
+
+    model, _ = tiny_vift()
+    configure_stage(model, 2, use_lora=True)
+    peft_model = get_peft_model(model, lm_lora_config(ModelConfig(use_peft=True, lora_r=4, lora_alpha=8)))
+    trainable = trainable_names(peft_model)
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(".language_model." in n for n in lora)
+    assert {n for n in trainable if "lora_" not in n} == {
+        n for n in trainable if ".multi_modal_projector.modules_to_save." in n
+    } != set()
+    assert not any(".vision_tower." in n for n in trainable)
+
+
+def test_stage2_parameter_groups_use_the_authors_learning_rates(tiny_assets, tmp_path):  # noqa: F811
+    args = tiny_args("tiny_stage2.yaml", "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture",
+                     os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml"),
+                     "--output_dir", tmp_path)
+    trainer = build_trainer(2, *args)
+    trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    seen = set()
+    for group in trainer.optimizer.param_groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            seen.add(name)
+            expected = 2e-6 if (".vision_tower." in name or ".multi_modal_projector." in name) else 1e-5
+            assert group["lr"] == pytest.approx(expected), name
+    assert seen == trainable_names(trainer.model)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)  # the LM's rate is the one logged
+
+
+@pytest.fixture(scope="module")
+def recipe_runs(tiny_assets, tmp_path_factory):  # noqa: F811
+    """Stage 1 from the tiny towers, then stage 2 from the stage-1 output on a mixture with broken images."""
+    from recipes.make_tiny_assets import write_images
+
+    out = tmp_path_factory.mktemp("recipes")
+    data_dir = os.path.dirname(tiny_assets["stage2_captions"])
+    stage1, stage2 = out / "stage1", out / "stage2"
+    log1 = run_recipe("recipes.stage1_align", "recipes/tiny_stage1.yaml",
+                      "--model_name_or_path", tiny_assets["text"], "--vision_tower_name_or_path", tiny_assets["vision"],
+                      "--dataset_mixture", os.path.join(data_dir, "stage1_mixture.yaml"), "--output_dir", stage1)
+
+    broken_images = out / "broken"
+    good = write_images(str(broken_images), 1)[0]
+    (broken_images / "corrupt.png").write_bytes(b"\x89PNG truncated")
+    caption = [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red circle"}]
+    (out / "broken.json").write_text(json.dumps([
+        {"id": "good", "image": good, "conversations": caption},
+        {"id": "corrupt", "image": "corrupt.png", "conversations": caption},
+        {"id": "missing", "image": "missing.png", "conversations": caption},
+    ]))
+    mixture = {"seed": 0, "sources": [
+        {"name": "captions", "path": tiny_assets["stage2_captions"], "image_folder": tiny_assets["image_folder"],
+         "fraction": 0.25},
+        {"name": "text", "path": tiny_assets["text_instructions"], "fraction": 0.25},
+        {"name": "trl", "path": tiny_assets["trl_mixed"], "fraction": 0.1},
+        {"name": "broken", "path": str(out / "broken.json"), "image_folder": str(broken_images)},
+    ]}
+    (out / "mixture.yaml").write_text(yaml.safe_dump(mixture))
+    # One whole epoch, so every sample (the corrupt image included) is loaded.
+    log2 = run_recipe("recipes.stage2_finetune", "recipes/tiny_stage2.yaml", "--model_name_or_path", stage1,
+                      "--dataset_mixture", out / "mixture.yaml", "--output_dir", stage2,
+                      "--max_steps", -1, "--num_train_epochs", 1, "--per_device_train_batch_size", 4)
+    return {"stage1": stage1, "stage2": stage2, "log1": log1, "log2": log2, "out": out}
+
+
+def test_stage1_and_stage2_recipes_run_and_their_checkpoints_load_with_remote_code(recipe_runs):
+    for stage in ("stage1", "stage2"):
+        folder = recipe_runs[stage]
+        losses = train_losses(folder)
+        assert losses and all(math.isfinite(x) for x in losses)
+        for name in ("modeling_vift.py", "configuration_vift.py", "processing_vift.py", "model.safetensors"):
+            assert (folder / name).exists(), (stage, name)
+    assert "ViFT stage 1 finished" in recipe_runs["log1"] and "ViFT stage 2 finished" in recipe_runs["log2"]
+    # Stage 1 changed the projector only.
+    towers = ViFTForConditionalGeneration.from_pretrained(recipe_runs["stage1"]).state_dict()
+    stage2 = ViFTForConditionalGeneration.from_pretrained(recipe_runs["stage2"]).state_dict()
+    assert any(not torch.equal(towers[k], stage2[k]) for k in towers if ".language_model." in k)
+    assert any(not torch.equal(towers[k], stage2[k]) for k in towers if ".vision_tower." in k)
+    load_with_remote_code([recipe_runs["stage1"], recipe_runs["stage2"]], recipe_runs["out"] / "remote")
+
+
+def test_skipped_images_are_reported_at_the_end_and_in_the_logs(recipe_runs):
+    with open(recipe_runs["stage2"] / "vift_data_report.json") as f:
+        report = json.load(f)
+    # The missing file is caught while tokenising, the corrupt one when its batch is loaded.
+    assert report["skipped"] == {"broken/missing_image": 1, "broken/unreadable_image": 1}
+    log = recipe_runs["log2"]
+    assert "ViFT stage 2 skip report: 2 sample(s) skipped" in log
+    assert "corrupt.png" in log and "cannot be decoded" in log  # the warning when it happened
+    with open(recipe_runs["stage2"] / "trainer_state.json") as f:
+        history = json.load(f)["log_history"]
+    assert max(entry.get("skipped_samples", 0) for entry in history) == 1
+
+
+def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_loss_curve(tiny_assets, tmp_path):  # noqa: F811
+    mixture = os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml")
+
+    def trainer_for(output_dir):
+        return build_trainer(2, *tiny_args(
+            "tiny_stage2.yaml", "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture", mixture,
+            "--output_dir", output_dir, "--max_steps", 4, "--learning_rate", 1e-3, "--warmup_steps", 0,
+            "--save_strategy", "steps", "--save_steps", 2, "--logging_steps", 1))
+
+    def losses(trainer):
+        return {e["step"]: (e["loss"], e["grad_norm"]) for e in trainer.state.log_history if "loss" in e}
+
+    full = trainer_for(tmp_path / "full")
+    full.train()
+    for name in ("modeling_vift.py", "processing_vift.py", "processor_config.json", "model.safetensors"):
+        assert (tmp_path / "full" / "checkpoint-2" / name).exists(), name
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    expected, got = losses(full), losses(resumed)
+    assert sorted(expected) == [1, 2, 3, 4] and {3, 4} <= set(got)
+    assert len({expected[s][0] for s in expected}) > 1  # the loss moves, so a match is not trivial
+    for step in (3, 4):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+
+
+def test_lora_stage2_saves_a_merged_checkpoint(tiny_assets, tmp_path):  # noqa: F811
+    mixture = os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml")
+    trainer = build_trainer(2, *tiny_args(
+        "tiny_stage2.yaml", "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture", mixture,
+        "--output_dir", tmp_path, "--max_steps", 2, "--use_peft", "true", "--lora_r", 4, "--lora_alpha", 8,
+        "--learning_rate", 1e-2, "--projector_learning_rate", 1e-2))
+    trainer.train()
+    save_final(trainer, str(tmp_path / "merged"))
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = ViFTForConditionalGeneration.from_pretrained(tmp_path / "merged").state_dict()
+    start = ViFTForConditionalGeneration.from_pretrained(tiny_assets["checkpoint"]).state_dict()
+    assert merged.keys() == start.keys()
+    changed = {k for k in start if not torch.equal(start[k], merged[k])}
+    assert any(".multi_modal_projector." in k for k in changed)
+    assert any(".language_model." in k and "q_proj" in k for k in changed)
+    assert not any(".vision_tower." in k for k in changed)
+
+
+def test_accelerate_launch_runs_stage2_on_two_cpu_processes(tiny_assets, tmp_path):  # noqa: F811
+    mixture = os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    # `--cpu` picks accelerate's single-process launcher (its multi-CPU mode needs mpirun); torchrun's launcher on a
+    # machine without GPUs runs the two processes on the CPU (gloo), as `use_cpu: true` in the recipe asks.
+    log = run_command([
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "-m", "recipes.stage2_finetune", "--config", "recipes/tiny_stage2.yaml",
+        "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture", mixture, "--output_dir", tmp_path,
+        "--max_steps", "2",
+    ], timeout=400)
+    assert "[rank 0/2] ViFT stage 2 finished." in log and "[rank 1/2] ViFT stage 2 finished." in log
+    losses = train_losses(tmp_path)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    model = ViFTForConditionalGeneration.from_pretrained(tmp_path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_trl_sft_cli_trains_a_vift_checkpoint_on_a_conversational_dataset(tiny_assets, tmp_path):  # noqa: F811
+    with open(os.path.join(REPO, "recipes", "trl_sft_vift.yaml")) as f:
+        config = yaml.safe_load(f)
+    config.update(
+        model_name_or_path=tiny_assets["checkpoint"], dataset_name=tiny_assets["trl_mixed"], dtype="float32",
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+        bf16=False, use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+    )
+    config_path = tmp_path / "trl_sft.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    trl = os.path.join(os.path.dirname(sys.executable), "trl")
+    log = run_command([trl, "sft", "--config", config_path], timeout=400)
+    assert "Training completed" in log
+    losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in log.splitlines() if "'loss': '" in line]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    model = ViFTForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert (tmp_path / "out" / "modeling_vift.py").exists()
