@@ -434,6 +434,9 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            if self.config.image_token_id is not None:
+                # image placeholders are inputs, never targets (TRL's generic collator leaves them in the labels)
+                labels = labels.masked_fill(labels == self.config.image_token_id, -100)
             if attention_mask is None and position_ids is not None and "shift_labels" not in kwargs:
                 kwargs["shift_labels"] = packed_shift_labels(labels, position_ids)
             loss = self.loss_function(

@@ -351,7 +351,15 @@ class ViFTProcessor(ProcessorMixin):
                 for item in m["content"]
                 if item.get("type") == "image" and item.get("image") is not None
             ]
-        call_kwargs = {k: v for k, v in kwargs.items() if k not in ("tools", "documents", "continue_final_message", "return_dict")}
+        if kwargs.pop("return_assistant_tokens_mask", False):
+            raise ValueError(
+                "ViFTProcessor does not compute assistant token masks (TRL's assistant_only_loss): use the ViFT "
+                "recipes, which put the loss on assistant turns only, or train on the whole conversation."
+            )
+        # transformers >= 5.4 (and TRL) pass the tokenizer/processor options as `processor_kwargs`
+        call_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), **kwargs}
+        for key in ("tools", "documents", "continue_final_message", "return_dict"):
+            call_kwargs.pop(key, None)
         return self(images=images or None, text=rendered, **call_kwargs)
 
     def batch_decode(self, *args, **kwargs):

@@ -72,6 +72,15 @@ class ViFTScriptArguments:
     vision_tower_learning_rate: float | None = field(
         default=None, metadata={"help": "Stage 2: vision tower learning rate (default: learning_rate)."}
     )
+    vpgc_layer: int | None = field(
+        default=None,
+        metadata={"help": "VPG-C stage: switch VPG-C on at this decoder layer when the checkpoint has none (its "
+                  "weights start at zero, an exact no-op)."},
+    )
+    vpgc_num_heads: int = field(default=4, metadata={"help": "VPG-C stage: attention heads of a new VPG-C module."})
+    vpgc_hidden_size: int | None = field(
+        default=None, metadata={"help": "VPG-C stage: width of a new VPG-C module (default: the vision hidden size)."}
+    )
     always_run_vision: bool = field(
         default=True,
         metadata={"help": "Give text-only batches a zero-loss image so the vision tower runs on every rank "
@@ -105,7 +114,7 @@ def load_model_and_processor(script_args, model_args, stage):
     if model_args.model_name_or_path is None:
         raise ValueError("Set `model_name_or_path` (a ViFT checkpoint, or the language model with "
                          "`vision_tower_name_or_path`).")
-    pad_to_square = script_args.pad_to_square if script_args.pad_to_square is not None else stage == 2
+    pad_to_square = script_args.pad_to_square if script_args.pad_to_square is not None else stage != 1
     dtype = _dtype(model_args.dtype)
     if script_args.vision_tower_name_or_path:
         model = ViFTForConditionalGeneration.from_components(
@@ -120,6 +129,15 @@ def load_model_and_processor(script_args, model_args, stage):
         kwargs = {"revision": model_args.model_revision}
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if getattr(script_args, "vpgc_layer", None) is not None:
+            from . import ViFTConfig
+
+            config = ViFTConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+            config = ViFTConfig.from_dict({
+                **config.to_dict(), "vpgc_layer": script_args.vpgc_layer,
+                "vpgc_num_heads": script_args.vpgc_num_heads, "vpgc_hidden_size": script_args.vpgc_hidden_size,
+            })
+            kwargs["config"] = config
         model = ViFTForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **kwargs)
         processor = ViFTProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
         processor.pad_to_square = pad_to_square
@@ -141,9 +159,17 @@ def attn_uses_seq_lens(implementation):
 def configure_stage(model, stage, use_lora=False, train_vision_tower=True):
     """Sets `requires_grad` for a stage: stage 1 trains the projector only; stage 2 trains the language model,
     the projector and (if `train_vision_tower`) the vision tower. With LoRA, PEFT freezes the base weights itself and
-    the vision tower stays frozen. Returns the number of trainable parameters."""
+    the vision tower stays frozen. Stage "vpgc" trains the VPG-C module only. Returns the number of trainable
+    parameters."""
     base = model.model
-    if stage == 1:
+    if stage == "vpgc":
+        if base.vpgc is None:
+            raise ValueError("The VPG-C stage needs a model with VPG-C: set `vpgc_layer` (e.g. the middle layer).")
+        if use_lora:
+            raise ValueError("The VPG-C stage trains the VPG-C module only; LoRA (use_peft) does not apply.")
+        model.requires_grad_(False)
+        base.vpgc.requires_grad_(True)
+    elif stage == 1:
         model.requires_grad_(False)
         base.multi_modal_projector.requires_grad_(True)
     elif stage == 2:
@@ -151,7 +177,7 @@ def configure_stage(model, stage, use_lora=False, train_vision_tower=True):
         if use_lora or not train_vision_tower:
             base.vision_tower.requires_grad_(False)
     else:
-        raise ValueError(f"stage must be 1 or 2, got {stage!r}.")
+        raise ValueError(f"stage must be 1, 2 or 'vpgc', got {stage!r}.")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -317,7 +343,7 @@ def build_trainer(stage, script_args, training_args, model_args):
     )
 
     trainable = configure_stage(model, stage, use_lora=use_lora, train_vision_tower=script_args.train_vision_tower)
-    logger.info("Stage %d: %d trainable parameters before PEFT.", stage, trainable)
+    logger.info("Stage %s: %d trainable parameters before PEFT.", stage, trainable)
     learning_rates = {}
     if stage == 2:
         if script_args.projector_learning_rate is not None:

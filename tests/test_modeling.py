@@ -351,3 +351,28 @@ def test_empty_pixel_values_mean_no_images():
         without = model(**inputs).logits
         empty = model(**inputs, pixel_values=torch.zeros(0, 3, 32, 32)).logits
     torch.testing.assert_close(empty, without, rtol=0, atol=0)
+
+
+def test_image_placeholders_are_never_loss_targets():
+    """TRL's generic collator labels every token; the model ignores image-placeholder targets itself."""
+    model, processor = tiny_vift()
+    inputs = processor(images=random_images(1), text=["<image>\ntwo red circles"], return_tensors="pt")
+    all_labels = model(**inputs, labels=inputs["input_ids"]).loss
+    masked = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    torch.testing.assert_close(all_labels, model(**inputs, labels=masked).loss)
+
+
+def test_apply_chat_template_honours_processor_kwargs_as_trl_passes_them():
+    model, processor = tiny_vift()
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many?"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "two"}]}],
+                [{"role": "user", "content": [{"type": "text", "text": "a much longer question without any image"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]]
+    out = processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt", images=random_images(1),
+        processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False},
+    )
+    assert out["attention_mask"][0, -1] == 0 or out["attention_mask"][1, -1] == 0  # right padding applied
+    assert out["pixel_values"].shape[0] == 1
+    with pytest.raises(ValueError, match="assistant token masks"):
+        processor.apply_chat_template(messages, tokenize=True, images=random_images(1), return_assistant_tokens_mask=True)

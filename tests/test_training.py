@@ -217,3 +217,21 @@ def test_trl_sft_cli_trains_a_vift_checkpoint_on_a_conversational_dataset(tiny_a
     model = ViFTForConditionalGeneration.from_pretrained(tmp_path / "out")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert (tmp_path / "out" / "modeling_vift.py").exists()
+
+
+def test_vpgc_stage_trains_only_the_vpgc_module_and_loads_with_remote_code(recipe_runs):
+    """The VPG-C recipe adds VPG-C to a stage-2 checkpoint and trains that module alone, through the same data and
+    packing machinery; the result loads with trust_remote_code."""
+    out = recipe_runs["out"] / "vpgc"
+    run_recipe("recipes.vpgc_train", "recipes/tiny_vpgc.yaml", "--model_name_or_path", recipe_runs["stage2"],
+               "--dataset_mixture", recipe_runs["out"] / "mixture.yaml", "--output_dir", out, "--max_steps", 3)
+    losses = train_losses(out)
+    assert losses and all(math.isfinite(x) for x in losses)
+    before = ViFTForConditionalGeneration.from_pretrained(recipe_runs["stage2"]).state_dict()
+    after_model = ViFTForConditionalGeneration.from_pretrained(out)
+    after = after_model.state_dict()
+    assert after_model.config.vpgc_layer == 2
+    assert all(torch.equal(before[k], after[k]) for k in before)  # everything else frozen
+    assert any(after[k].abs().sum() > 0 for k in after if k.startswith("model.vpgc.output."))  # trained off zero
+    assert (out / "vpgc_vift.py").exists()
+    load_with_remote_code([out], recipe_runs["out"] / "remote-vpgc")
