@@ -96,8 +96,9 @@ def test_prompt_longer_than_the_model_maximum(tiny):
     limit = model.config.text_config.max_position_embeddings
     with pytest.raises(ValueError, match=rf"{limit + 8} tokens long but the language model supports at most {limit} positions"):
         model(input_ids=torch.ones(1, limit + 8, dtype=torch.long))
-    # Generation that would run past the limit stops with the same error, naming the length it reached.
-    with pytest.raises(ValueError, match=rf"{limit + 1} tokens long but the language model supports at most {limit}"):
+    # Generation that would run past the limit is refused before any work, naming the lengths.
+    with pytest.raises(ValueError, match=rf"The prompt has {limit - 2} tokens and generation may reach {limit + 3} "
+                                         rf"tokens, but the language model supports at most {limit} positions"):
         model.generate(input_ids=torch.ones(1, limit - 2, dtype=torch.long), max_new_tokens=5, do_sample=False,
                        min_new_tokens=5)
 

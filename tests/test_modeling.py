@@ -95,7 +95,7 @@ def test_mixed_image_counts_batch_matches_each_sample_alone(vision, text):
             alone = model(**single, labels=single["input_ids"])
         torch.testing.assert_close(out.logits[row, -length:], alone.logits[0], rtol=0, atol=1e-5)
         losses.append(alone.loss)
-        counts.append(length - 1)
+        counts.append(int((single["input_ids"][0, 1:] != model.config.image_token_id).sum()))  # placeholders: no target
     expected_loss = sum(l * n for l, n in zip(losses, counts)) / sum(counts)
     torch.testing.assert_close(out.loss, expected_loss, rtol=1e-6, atol=1e-6)
 
@@ -143,8 +143,9 @@ def test_packed_rows_match_separate_samples(vision, text, attn):
         with torch.no_grad():
             alone = model(**single, labels=single["input_ids"])
         torch.testing.assert_close(packed.logits[0, offset:offset + length], alone.logits[0], rtol=0, atol=1e-5)
-        weighted += alone.loss * (length - 1)
-        count += length - 1
+        targets = int((single["input_ids"][0, 1:] != model.config.image_token_id).sum())  # placeholders: no target
+        weighted += alone.loss * targets
+        count += targets
         offset += length
     torch.testing.assert_close(packed.loss, weighted / count, rtol=1e-6, atol=1e-6)
 
