@@ -21,7 +21,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m demo.quickstart
+	HF_HUB_OFFLINE=1 $(PY) -m demo
 
 clean:
 	rm -rf $(VENV) demo_output
