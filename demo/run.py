@@ -141,8 +141,10 @@ def build_towers(config, tokenizer, world_config, models_dir, seed):
 def pretrain_vision_tower(vision_dir, records_path, image_folder, settings, seed, feature_layer=-2):
     """Stand-in for the vision tower's pretraining (the authors start from SigLIP, whose features already tell
     colours and shapes apart): linear probes on the tower's features at `feature_layer` (the layer ViFT projects)
-    learn each cell's colour, shape and size; tower and probes are trained together, then the tower is saved.
-    Returns the final per-attribute probe accuracy on the last batch."""
+    learn each cell's colour, shape and size and, with `settings["position_probe"]` (default on), which cell a patch
+    is (real patch features keep where they come from; without this target the tiny tower is free to forget it);
+    tower and probes are trained together, then the tower is saved. Returns the final probe accuracies on the last
+    batch."""
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -158,8 +160,13 @@ def pretrain_vision_tower(vision_dir, records_path, image_folder, settings, seed
     images = [Image.open(os.path.join(image_folder, r["image"])).convert("RGB") for r in records]
     pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
     labels = torch.tensor([r["cells"] for r in records])
+    targets = {name: len(values) for name, values in CELL_ATTRIBUTES.items()}
+    if settings.get("position_probe", True):
+        cells = labels.shape[1]
+        labels = torch.cat([labels, torch.arange(cells).expand(len(records), cells).unsqueeze(-1)], dim=-1)
+        targets["position"] = cells
     hidden = tower.config.hidden_size
-    probes = torch.nn.ModuleList([torch.nn.Linear(hidden, len(v)) for v in CELL_ATTRIBUTES.values()])
+    probes = torch.nn.ModuleList([torch.nn.Linear(hidden, n) for n in targets.values()])
     optimizer = torch.optim.AdamW(list(tower.parameters()) + list(probes.parameters()), lr=settings["learning_rate"])
     rng = random.Random(seed)
     tower.train()
@@ -176,7 +183,7 @@ def pretrain_vision_tower(vision_dir, records_path, image_folder, settings, seed
         accuracies = [float((l.argmax(-1) == target[..., k]).float().mean()) for k, l in enumerate(logits)]
     tower.eval()
     tower.save_pretrained(vision_dir)
-    return dict(zip(CELL_ATTRIBUTES, accuracies))
+    return dict(zip(targets, accuracies))
 
 
 def write_stage_data(paths, data_dir):

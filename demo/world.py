@@ -81,6 +81,7 @@ class WorldConfig:
     caption_eval: int = 100
     text_eval: int = 300
     demon_fraction: float = 0.2
+    position_first: bool = True
 
     def __post_init__(self):
         if self.grid not in POSITION_NAMES:
@@ -89,6 +90,11 @@ class WorldConfig:
             raise ValueError(
                 f"Need 1 <= min_objects <= max_objects <= grid*grid ({self.grid * self.grid}); got "
                 f"min_objects={self.min_objects}, max_objects={self.max_objects}."
+            )
+        if self.demon_fraction > 0 and self.min_objects == self.max_objects:
+            raise ValueError(
+                "The two-image tasks compare numbers of shapes, so they need min_objects < max_objects; got "
+                f"{self.min_objects} == {self.max_objects}. Set demon_fraction: 0 for a fixed number of objects."
             )
 
     @property
@@ -111,9 +117,9 @@ def random_scene(rng, config):
 
 def changed_scene(rng, scene, config):
     """A copy of `scene` with exactly one kind of change; returns (new scene, change kind)."""
-    kind = rng.choice(CHANGE_OPTIONS)
     objects = list(scene.objects)
     free = [c for c in range(config.grid * config.grid) if c not in {o.cell for o in objects}]
+    kind = rng.choice([k for k in CHANGE_OPTIONS if free or k != "position"])  # a full board cannot move a shape
     if kind == "number" and (len(objects) == config.max_objects or (rng.random() < 0.5 and len(objects) > 1)):
         objects.pop(rng.randrange(len(objects)))
     elif kind == "number":
@@ -176,11 +182,18 @@ def short_caption(scene, config):
     return "The image shows " + join_phrases([o.phrase() for o in scene.objects]) + "."
 
 
+def object_phrase(o, config):
+    """One object with its position: "in the top left a small red circle" (`position_first`, the default: a reader
+    names the cell first, then what is in it) or "a small red circle at the top left"."""
+    where = config.positions[o.cell]
+    return f"in the {where} {o.phrase()}" if config.position_first else f"{o.phrase()} at the {where}"
+
+
 def detailed_caption(scene, config, subject="The image"):
     """Stage-2 caption, and the textual form of a scene in text-only instructions (`subject` names the image)."""
     n = len(scene.objects)
     head = f"{subject} shows {number_word(n)} {plural('shape', n)}: "
-    return head + join_phrases([f"{o.phrase()} at the {config.positions[o.cell]}" for o in scene.objects]) + "."
+    return head + join_phrases([object_phrase(o, config) for o in scene.objects]) + "."
 
 
 def scene_descriptions(scenes, config):
@@ -213,8 +226,12 @@ def parse_caption(text, config):
     positions = sorted(config.positions, key=len, reverse=True)
     for i in range(len(words) - 2):
         if words[i] in SIZES and words[i + 1] in COLOURS and words[i + 2] in SHAPES:
-            rest = " ".join(words[i + 3:i + 7])
-            position = next((p for p in positions if rest.startswith("at the " + p)), None)
+            if config.position_first:
+                before = " ".join(words[max(0, i - 5):i - 1])  # "in the <position> a <size> ..."
+                position = next((p for p in positions if before.endswith("in the " + p)), None)
+            else:
+                after = " ".join(words[i + 3:i + 7])
+                position = next((p for p in positions if after.startswith("at the " + p)), None)
             found.add((words[i], words[i + 1], words[i + 2], position))
     return found
 

@@ -114,14 +114,36 @@ def test_world_config_rejects_bad_sizes():
         WorldConfig(grid=5)
     with pytest.raises(ValueError, match="max_objects"):
         WorldConfig(max_objects=9)
+    with pytest.raises(ValueError, match="min_objects < max_objects"):
+        WorldConfig(min_objects=2, max_objects=2)
+    WorldConfig(min_objects=2, max_objects=2, demon_fraction=0.0)
 
 
-def test_caption_round_trip_and_answer_extraction():
-    config = WorldConfig()
+def test_changed_scene_changes_one_thing_even_on_a_full_board():
+    from demo.world import changed_scene
+
+    config = WorldConfig(min_objects=3, max_objects=4)
+    rng = random.Random(3)
+    for _ in range(200):
+        scene = random_scene(rng, config)
+        new, kind = changed_scene(rng, scene, config)
+        if len(scene.objects) == 4:
+            assert kind != "position"
+        if kind == "number":
+            assert len(new.objects) != len(scene.objects)
+        else:
+            assert len(new.objects) == len(scene.objects) and scene_facts(new, config) != scene_facts(scene, config)
+
+
+@pytest.mark.parametrize("position_first", [True, False])
+def test_caption_round_trip_and_answer_extraction(position_first):
+    config = WorldConfig(position_first=position_first)
     rng = random.Random(1)
     for _ in range(50):
         scene = random_scene(rng, config)
-        assert parse_caption(detailed_caption(scene, config), config) == scene_facts(scene, config)
+        caption = detailed_caption(scene, config)
+        assert parse_caption(caption, config) == scene_facts(scene, config)
+        assert (" in the " in caption) == position_first
     assert final_answer("The image shows one shape: a small red circle at the top left. So the answer is red.") == "red"
     assert final_answer("The image shows one shape: a small red circle at the top left.") == ""
 
@@ -144,7 +166,7 @@ def test_tokenizer_keeps_world_words_whole(tmp_path):
                          val_visual=2, test_visual=2, caption_eval=2, text_eval=2)
     texts = corpus(build_world(str(tmp_path), config))
     tokenizer = build_tokenizer(texts, vocab_size=512)
-    assert unknown_words(tokenizer, ["a small red circle at the top left"]) == []
+    assert unknown_words(tokenizer, ["in the top left a small red circle"]) == []
     assert tokenizer.convert_tokens_to_ids("<image>") != tokenizer.unk_token_id
     assert "<|im_start|>user" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     with pytest.raises(ValueError, match="non-empty"):
