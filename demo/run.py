@@ -27,7 +27,6 @@ import copy
 import json
 import os
 import random
-import sys
 import time
 
 import yaml
@@ -49,21 +48,30 @@ def deep_merge(base, override):
     return merged
 
 
-def load_config(path):
-    """A demo YAML; `base: other.yaml` (relative to the file) is loaded first and overridden key by key."""
+def load_yaml_config(path, sections, what="Demo", default=None):
+    """A demo YAML; `base: other.yaml` (relative to the file) is loaded first and overridden key by key. Every name
+    in `sections` must be present after merging; `what` and `default` name the kind of file in the errors."""
+    default = default or DEFAULT_CONFIG
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Demo config {path!r} does not exist (the default is {DEFAULT_CONFIG}).")
+        raise FileNotFoundError(f"{what} config {path!r} does not exist (the default is {default}).")
     with open(path) as f:
         config = yaml.safe_load(f) or {}
     if not isinstance(config, dict):
-        raise ValueError(f"Demo config {path!r} must be a mapping, got {type(config).__name__}.")
+        raise ValueError(f"{what} config {path!r} must be a mapping, got {type(config).__name__}.")
     base = config.pop("base", None)
     if base:
-        config = deep_merge(load_config(os.path.join(os.path.dirname(os.path.abspath(path)), base)), config)
-    for key in ("world", "tokenizer", "text_model", "vision_model", "vision_pretraining", "stages", "evaluation"):
+        base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+        config = deep_merge(load_yaml_config(base_path, (), what, default), config)
+    for key in sections:
         if key not in config:
-            raise ValueError(f"Demo config {path!r} lacks the `{key}` section (see {DEFAULT_CONFIG}).")
+            raise ValueError(f"{what} config {path!r} lacks the `{key}` section (see {default}).")
     return config
+
+
+def load_config(path):
+    """The demo's YAML (see `load_yaml_config`)."""
+    return load_yaml_config(
+        path, ("world", "tokenizer", "text_model", "vision_model", "vision_pretraining", "stages", "evaluation"))
 
 
 def resolve(path):

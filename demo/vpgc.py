@@ -34,20 +34,20 @@ from .run import (
     HERE,
     Table,
     Timer,
-    deep_merge,
     load_images,
+    load_yaml_config,
     quiet_training_logs,
     reload_in_fresh_process,
     save_final_model,
 )
 from .world import (
     CAPTION_PROMPTS,
+    ImageWriter,
     WorldConfig,
     changed_scene,
     detailed_caption,
     pair_question,
     random_scene,
-    render,
     scene_descriptions,
 )
 
@@ -69,19 +69,8 @@ CONDITIONS = ("without_vpgc", "with_vpgc")
 
 
 def load_config(path):
-    """A VPG-C YAML; `base: other.yaml` (relative to the file) is loaded first and overridden key by key."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"VPG-C config {path!r} does not exist (the default is {DEFAULT_CONFIG}).")
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"VPG-C config {path!r} must be a mapping, got {type(config).__name__}.")
-    base = config.pop("base", None)
-    if base:
-        config = deep_merge(load_config(os.path.join(os.path.dirname(os.path.abspath(path)), base)), config)
-    for key in ("data", "vpgc", "training", "evaluation"):
-        if key not in config:
-            raise ValueError(f"VPG-C config {path!r} lacks the `{key}` section (see {DEFAULT_CONFIG}).")
+    """A VPG-C YAML (`base:` merging as for the demo's YAML, `demo.run.load_yaml_config`), checked."""
+    config = load_yaml_config(path, ("data", "vpgc", "training", "evaluation"), "VPG-C", DEFAULT_CONFIG)
     for key in ("pairs", "captions", "validation", "test"):
         value = config["data"].get(key)
         if not isinstance(value, int) or value < (0 if key == "captions" else 1):
@@ -158,21 +147,6 @@ def describe_difference(first, second, config):
     return kind, f"The {kind} changed: {located(the, old.cell)} became {became}."
 
 
-class _Images:
-    """Renders scenes into `root/images/<split>_<n>.png` and returns the paths relative to `root`."""
-
-    def __init__(self, root, config):
-        self.root, self.config = root, config
-        os.makedirs(os.path.join(root, "images"), exist_ok=True)
-        self.count = 0
-
-    def __call__(self, scene, rng, split):
-        name = f"images/{split}_{self.count:05d}.png"
-        self.count += 1
-        render(scene, self.config, rng).save(os.path.join(self.root, name))
-        return name
-
-
 def two_image_tasks(rng, config, n, images, split):
     """`n` held-out two-image tasks of `demo.world.pair_question`, in the demo's val/test record format; `kind` is
     the question kind ("more shapes" or "what changed"). Returns (records, set of the (scene 1, scene 2) pairs)."""
@@ -224,7 +198,7 @@ def build_vpgc_data(root, world_config, settings, seed):
     """Writes the held-out val/test two-image tasks, the training pairs and captions (LLaVA/Bunny JSON + PNGs) and the
     training mixture YAML under `root`; returns a dict of name -> file path. Deterministic for a seed."""
     os.makedirs(root, exist_ok=True)
-    images = _Images(root, world_config)
+    images = ImageWriter(root, world_config).image
     rngs = {split: random.Random(seed + offset) for split, offset in SPLIT_SEED_OFFSETS.items()}
     val, val_pairs = two_image_tasks(rngs["val"], world_config, settings["validation"], images, "val")
     test, test_pairs = two_image_tasks(rngs["test"], world_config, settings["test"], images, "test")

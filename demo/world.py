@@ -374,7 +374,9 @@ def textual_prompt(descriptions, question):
 # ----------------------------------------------------------------------------------------------- files
 
 
-class _Writer:
+class ImageWriter:
+    """Renders scenes into `root/images/<split>_<n>.png`; `image` returns the path relative to `root`."""
+
     def __init__(self, root, config):
         self.root, self.config = root, config
         os.makedirs(os.path.join(root, "images"), exist_ok=True)
@@ -412,7 +414,7 @@ def build_world(root, config=None):
     config = config or WorldConfig()
     rng = random.Random(config.seed)
     os.makedirs(root, exist_ok=True)
-    writer = _Writer(root, config)
+    writer = ImageWriter(root, config)
     paths = {}
 
     def dump(name, records):
