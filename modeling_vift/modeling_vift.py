@@ -8,7 +8,7 @@ features are merged into the token embeddings here) and `ViFTForConditionalGener
 This file is part of the remote-code bundle: it imports only torch, transformers and its siblings.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -16,29 +16,45 @@ from torch import nn
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
 from .fusion_vift import decoder_layers, explain_fusion, fused_generate
 from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_positions, sample_ids
 
 
+# The KV cache's name is owned by transformers: `past_key_values` up to 5.23, `cache` from 5.24 on (in every output
+# class and forward argument). vift's outputs subclass transformers' own, so they carry the running version's
+# field; CACHE_NAME is that name, used to hand the cache to the language model and to read it back.
+CACHE_NAME = "cache" if "cache" in {field.name for field in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def take_cache(past_key_values, kwargs):
+    """The cache a caller passed under either name (`generate` passes `cache` from transformers 5.24 on)."""
+    cache = kwargs.pop("cache", None)
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the KV cache once: as `cache` or as `past_key_values`, not both.")
+    return past_key_values if cache is None else cache
+
+
+def cache_of(outputs):
+    """The KV cache of a model output, whichever name the running transformers gives it."""
+    return getattr(outputs, CACHE_NAME, None)
+
+
 @dataclass
 class ViFTModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus the projected image features (`(num_images, image_seq_length, hidden)`)."""
+    """transformers' `BaseModelOutputWithPast` plus the projected image features
+    (`(num_images, image_seq_length, hidden)`)."""
 
     image_hidden_states: torch.FloatTensor | None = None
 
 
 @dataclass
-class ViFTCausalLMOutputWithPast(ModelOutput):
-    """Causal LM output of ViFT: loss, logits, cache, hidden states, attentions and projected image features."""
+class ViFTCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """transformers' `CausalLMOutputWithPast` (loss, logits, cache, hidden states, attentions) plus the projected
+    image features."""
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -71,7 +87,7 @@ class ViFTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _no_split_modules = ["ViFTMultiModalProjector", "ViFTVisualPromptCompleter"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -207,6 +223,7 @@ class ViFTModel(ViFTPreTrainedModel):
         instruction_labels (`torch.LongTensor`, *optional*): the training labels, from which VPG-C finds each
             sample's last instruction token (the token before its first answer token).
         """
+        past_key_values = take_cache(past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and image_features is not None:
@@ -246,13 +263,12 @@ class ViFTModel(ViFTPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            **{**kwargs, "return_dict": True},
+            **{**kwargs, CACHE_NAME: past_key_values, "return_dict": True},
         )
         return ViFTModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: cache_of(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -414,6 +430,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         """
         kwargs.pop("text_input_ids", None)
         kwargs.pop("text_attention_mask", None)
+        past_key_values = take_cache(past_key_values, kwargs)
         if self.model.vpgc is not None and labels is not None:
             kwargs["instruction_labels"] = labels
         outputs = self.model(
@@ -446,7 +463,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         return ViFTCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: cache_of(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
