@@ -13,7 +13,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.17,<6",
+        "transformers>=5.17.0,<5.25.0",  # = configuration_vift.SUPPORTED_TRANSFORMERS, the range CI proves
         "trl>=1.0,<2",
         "peft>=0.17",
         "accelerate>=1.10",
@@ -29,6 +29,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "lint": ["ruff>=0.6"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

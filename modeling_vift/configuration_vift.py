@@ -8,8 +8,54 @@ This file is part of the remote-code bundle: it imports only transformers and it
 """
 
 import math
+import os
+import re
 
+import transformers
 from transformers import AddedToken, AutoConfig, PretrainedConfig
+
+
+# The transformers releases this bundle is proven on by CI's version matrix (oldest, the lock, newest):
+# `>= SUPPORTED_TRANSFORMERS[0]` and `< SUPPORTED_TRANSFORMERS[1]`. setup.py declares the same range.
+SUPPORTED_TRANSFORMERS = ("5.17.0", "5.25.0")
+# Set to 1 to load under a transformers outside that range anyway (a warning instead of the error): for testing
+# a new release before it is supported.
+ALLOW_UNTESTED_ENV = "VIFT_ALLOW_UNTESTED_TRANSFORMERS"
+
+
+def _release(version):
+    """`"5.24.0"` -> `(5, 24, 0)`; pre-releases and local labels count as their release (`"5.25.0.dev0"` -> 5.25.0)."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if match is None:
+        raise ValueError(f"Cannot read the transformers version {version!r}.")
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def check_transformers_version(version=None):
+    """Raises `ImportError` when the installed transformers lies outside the range this bundle supports.
+
+    The remote-code files run under whatever transformers the user has; outside the proven range they would fail
+    later and obscurely (transformers renames arguments and output fields between minor releases), so they refuse
+    to load instead, naming both versions.
+    """
+    version = transformers.__version__ if version is None else version
+    oldest, first_unsupported = SUPPORTED_TRANSFORMERS
+    if _release(oldest) <= _release(version) < _release(first_unsupported):
+        return
+    message = (
+        f"ViFT's model code supports transformers >={oldest},<{first_unsupported}, but transformers {version} is "
+        f"installed. Install a supported release (pip install 'transformers>={oldest},<{first_unsupported}'), or "
+        f"upgrade vift / the model's code files if a newer one supports transformers {version}."
+    )
+    if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
+        transformers.logging.get_logger(__name__).warning(
+            message + f" Loading anyway because {ALLOW_UNTESTED_ENV}=1."
+        )
+        return
+    raise ImportError(message + f" (Set {ALLOW_UNTESTED_ENV}=1 to try it anyway.)")
+
+
+check_transformers_version()
 
 
 # Vision towers whose hidden states start with a CLS token (dropped by the "default" feature strategy).
@@ -179,4 +225,11 @@ def check_fusion_layers(fusion_layers, num_layers):
     return start, end
 
 
-__all__ = ["ViFTConfig", "add_image_token", "check_fusion_layers", "compute_image_seq_length"]
+__all__ = [
+    "SUPPORTED_TRANSFORMERS",
+    "ViFTConfig",
+    "add_image_token",
+    "check_fusion_layers",
+    "check_transformers_version",
+    "compute_image_seq_length",
+]

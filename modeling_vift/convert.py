@@ -185,7 +185,9 @@ def _generation_defaults(folder):
 
 def plan_llava(source, chat_template=None, **config_overrides):
     """The plan for a llava-hf `LlavaForConditionalGeneration` folder."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    from .processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
 
     _read_json(os.path.join(source, "config.json"))
     files = weight_files(source)
@@ -272,7 +274,9 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
     """The plan for an authors' Bunny checkpoint folder. `vision_tower` overrides `mm_vision_tower` (needed when the
     checkpoint does not hold the tower's weights and that path is not reachable); `language_model` gives the base LM
     when the checkpoint holds only the projector (`mm_projector.bin`, stage-1 output)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
 
     bunny = _read_json(os.path.join(source, "config.json"))
     model_type = bunny.get("model_type", "")

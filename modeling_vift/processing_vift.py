@@ -10,7 +10,10 @@ This file is part of the remote-code bundle: it imports only torch, transformers
 
 import re
 
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+# From its module: transformers 5.17 without torchvision exports a placeholder at the top level that refuses to load
+# any image processor (the PIL ones included).
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers.utils import is_vision_available
 
 from .configuration_vift import add_image_token, compute_image_seq_length

@@ -181,8 +181,9 @@ exec(_code, {"__name__": "__main__", "__file__": sys.argv[0]})
 '''
 
 
-def run_python_without_vift(script, cwd, args=(), timeout=300):
-    """Runs the Python source `script` in a fresh interpreter (the current one's executable) from `cwd`, with the
+def run_python_without_vift(script, cwd, args=(), timeout=300, python=None):
+    """Runs the Python source `script` in a fresh interpreter (`python`, default the current one's executable) from
+    `cwd`, with the
     `modeling_vift` package made unimportable and the Hub offline; returns the `subprocess.CompletedProcess`
     (text output captured). Remote code is cached under `cwd`, so parallel runs never share a module cache."""
     import subprocess
@@ -197,6 +198,6 @@ def run_python_without_vift(script, cwd, args=(), timeout=300):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=os.path.join(cwd, "hf_modules"), TOKENIZERS_PARALLELISM="false")
     return subprocess.run(
-        [sys.executable, bootstrap, script_path, *map(str, args)],
+        [python or sys.executable, bootstrap, script_path, *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )

@@ -129,14 +129,25 @@ def test_streamer_and_stop_strings_work_with_fusion():
     model, processor = tiny_vift(seed=5)
     texts, images = _sample_prompts(processor, [1], seed=5)
     inputs = processor(images=images[0], text=texts, return_tensors="pt", return_text_only=True)
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True)
+    # A streamer waits for tokens forever unless told otherwise: the timeout and `end()` on error make a dying
+    # generation thread fail this test instead of hanging it.
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, timeout=120)
     result = {}
-    thread = threading.Thread(
-        target=lambda: result.update(out=model.generate(**inputs, fusion=True, max_new_tokens=8, streamer=streamer))
-    )
+
+    def generate():
+        try:
+            result["out"] = model.generate(**inputs, fusion=True, max_new_tokens=8, streamer=streamer)
+        except BaseException as error:  # re-raised in the test's thread below
+            result["error"] = error
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
     thread.start()
     streamed = "".join(streamer)
-    thread.join()
+    thread.join(timeout=120)
+    if "error" in result:
+        raise result["error"]
+    assert not thread.is_alive(), "the generating thread did not finish"
     new_tokens = result["out"][0, inputs["input_ids"].shape[1]:]
     assert streamed == processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
 
