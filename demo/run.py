@@ -232,7 +232,7 @@ def overrides(mapping):
 
 def run_stage0(stage, lm_dir, data_dir, output_dir):
     """Stage 0 with TRL's own SFT script: the language model learns the text-only tasks."""
-    import modeling_vift.packing  # noqa: F401  (registers the per-sample packed attention, `vift_packed_sdpa`)
+    import modeling_vift.training.packing  # noqa: F401  (registers the per-sample packed attention, `vift_packed_sdpa`)
     from trl.scripts.sft import main as sft_main
     from trl.scripts.sft import make_parser as sft_parser
 
@@ -412,7 +412,7 @@ def save_final_model(model, processor, chosen, folder):
 def reload_in_fresh_process(folder, record, image_folder, work_dir, timeout=300):
     """Runs `demo/answer.py` in a new interpreter in which `modeling_vift` cannot be imported: the folder loads with
     `AutoModel.from_pretrained(folder, trust_remote_code=True)` from its own code files, and answers `record`."""
-    from modeling_vift.testing_utils import run_python_without_vift
+    from modeling_vift.publishing.fresh_process import run_python_without_vift
 
     os.makedirs(work_dir, exist_ok=True)
     with open(os.path.join(HERE, "answer.py")) as f:

@@ -13,7 +13,7 @@ import os
 import time
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, SweepConfig, evaluate_benchmark, run_fusion_sweep
-from modeling_vift.evaluation.fixtures import FIXTURE_FILES, materialize_fixtures, save_tiny_model
+from modeling_vift.testing_utils import FIXTURE_FILES, materialize_fixtures, save_tiny_model
 from modeling_vift.evaluation.runner import _distributed_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from modeling_vift.data import (
+from modeling_vift.training.data import (
     DataSource,
     MixtureConfig,
     SampleError,

@@ -144,7 +144,7 @@ def test_two_processes_merge_to_the_same_scores_as_one(data, model_dir, tmp_path
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "recipes.evaluate", *common, "--output_dir", str(tmp_path / "two")]
+               "-m", "recipes.evaluate_benchmark", *common, "--output_dir", str(tmp_path / "two")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     shards = sorted(os.listdir(tmp_path / "two" / "shards"))

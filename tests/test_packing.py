@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_vift.data import ImageLoadError, build_training_data
-from modeling_vift.packing import (
+from modeling_vift.training.data import ImageLoadError, build_training_data
+from modeling_vift.training.packing import (
     PACKED_SDPA,
     SKIPS_KEY,
     ViFTDataCollator,

@@ -3,7 +3,7 @@ LLaVA-Bench-style questions, with plain or fused generation, sharded over proces
 fusion settings.
 
 Not part of the remote-code bundle (nothing in modeling_vift's model files imports it); it may use numpy, datasets,
-evaluate, accelerate, tqdm and matplotlib. Entry points: `recipes/evaluate.py` and `recipes/sweep_fusion.py`.
+evaluate, accelerate, tqdm and matplotlib. Entry points: `recipes/evaluate_benchmark.py` and `recipes/sweep_fusion.py`.
 """
 
 from .benchmarks import BENCHMARKS, canonical_benchmark, load_benchmark

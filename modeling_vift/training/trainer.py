@@ -109,7 +109,7 @@ def _dtype(name):
 
 def load_model_and_processor(script_args, model_args, stage):
     """A ViFT model and processor: from a ViFT checkpoint, or from a vision tower and a language model."""
-    from . import ViFTForConditionalGeneration, ViFTProcessor
+    from .. import ViFTForConditionalGeneration, ViFTProcessor
 
     if model_args.model_name_or_path is None:
         raise ValueError("Set `model_name_or_path` (a ViFT checkpoint, or the language model with "
@@ -250,7 +250,7 @@ class ViFTSFTTrainer(SFTTrainer):
         training_args = kwargs.get("args")
         if training_args is not None and (training_args.remove_unused_columns or not (
                 training_args.dataset_kwargs or {}).get("skip_prepare_dataset")):
-            raise ValueError("ViFTSFTTrainer takes a dataset built by modeling_vift.packing: call "
+            raise ValueError("ViFTSFTTrainer takes a dataset built by modeling_vift.training.packing: call "
                              "modeling_vift.training.prepare_sft_config(args) first (it sets remove_unused_columns="
                              "False and dataset_kwargs.skip_prepare_dataset=True).")
         super().__init__(*args, **kwargs)

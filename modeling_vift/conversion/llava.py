@@ -1,4 +1,4 @@
-"""Convert existing vision-language checkpoints into ViFT folders (`python -m hub.convert`).
+"""Convert existing vision-language checkpoints into ViFT folders (`python -m hub.convert_llava`).
 
 Two source layouts are understood:
 
@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .configuration_vift import (
+from ..remote_code.configuration_vift import (
     _TOWERS_WITH_CLS_TOKEN,
     ViFTConfig,
     add_image_token,
     compute_image_seq_length,
     vision_tower_config,
 )
-from .modeling_vift import ViFTForConditionalGeneration
-from .processing_vift import ViFTProcessor
+from ..remote_code.modeling_vift import ViFTForConditionalGeneration
+from ..remote_code.processing_vift import ViFTProcessor
 
 
 class ConversionError(ValueError):
@@ -581,7 +581,7 @@ def convert_checkpoint(
     `dtype` (`torch.dtype`, optional) casts floating tensors (default: kept as stored). `config_overrides` go to
     `ViFTConfig` (e.g. `fusion_layers=[14, 28]`, `fusion_alpha=...`). Raises `ConversionError` before writing anything
     when the source is incomplete or does not match its config."""
-    from .hub import build_generation_config
+    from ..publishing.model import build_generation_config
 
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ConversionError(
