@@ -401,10 +401,9 @@ def plot_heatmap(grid, plain_accuracy, path):
 def save_final_model(model, processor, chosen, folder):
     """The final model + processor with its remote code; the tuned fusion settings become the config defaults."""
     import modeling_vift  # noqa: F401  (registers the auto classes: the folder gets the remote-code files)
+    from modeling_vift.evaluation import apply_fusion_setting
 
-    model.config.fusion_alpha = float(chosen["alpha"])
-    model.config.fusion_beta = float(chosen["beta"])
-    model.config.fusion_layers = list(chosen["layers"])
+    apply_fusion_setting(model, {"fusion_alpha": chosen["alpha"], "fusion_beta": chosen["beta"], "fusion_layers": chosen["layers"]})
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 
+from ..remote_code.configuration_vift import fusion_setting
 from .fresh_process import run_python_without_vift
 from .upload import PlannedFile, PublishError, check_repo_id, format_plan, materialize, read_json, upload_to_hub
 
@@ -189,10 +190,10 @@ def build_generation_config(config, existing=None, tokenizer=None, fusion_by_def
             if value is not None:
                 setattr(generation, attr, value)
     get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
-    for name in ("fusion_alpha", "fusion_beta", "fusion_layers"):
+    defaults = fusion_setting(get("fusion_alpha"), get("fusion_beta"), get("fusion_layers"), text_config.get("num_hidden_layers"))
+    for name, value in defaults.items():
         if getattr(generation, name, None) is None:
-            value = get(name)
-            setattr(generation, name, list(value) if name == "fusion_layers" else float(value))
+            setattr(generation, name, value)
     if fusion_by_default:
         generation.fusion = True
     return generation
