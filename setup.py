@@ -1,5 +1,6 @@
 from setuptools import find_namespace_packages, setup
 
+
 setup(
     name="vift",
     version="0.1.0",

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_vift.publishing.dataset import convert_dataset  # noqa: E402

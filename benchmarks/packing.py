@@ -22,10 +22,12 @@ import time
 import numpy as np
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration  # noqa: E402
-from modeling_vift.training.packing import PACKED_SDPA, fill_ratio, pack_bfd  # noqa: E402
+from modeling_vift.training.packing import PACKED_SDPA, fill_ratio, pack_bfd, register_packed_sdpa  # noqa: E402
+
 
 IMAGE_TOKENS = 729
 SHAPES = {
@@ -202,6 +204,7 @@ def throughput(args, shape):
 
 
 def main():
+    register_packed_sdpa()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

@@ -31,6 +31,7 @@ import time
 
 import yaml
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "configs", "demo.yaml")
 
@@ -232,9 +233,12 @@ def overrides(mapping):
 
 def run_stage0(stage, lm_dir, data_dir, output_dir):
     """Stage 0 with TRL's own SFT script: the language model learns the text-only tasks."""
-    import modeling_vift.training.packing  # noqa: F401  (registers the per-sample packed attention, `vift_packed_sdpa`)
     from trl.scripts.sft import main as sft_main
     from trl.scripts.sft import make_parser as sft_parser
+
+    from modeling_vift.training.packing import register_packed_sdpa
+
+    register_packed_sdpa()  # the stage-0 config trains with attn_implementation: vift_packed_sdpa
 
     args = ["--config", resolve(stage["config"]), "--model_name_or_path", lm_dir, "--dataset_name", data_dir,
             "--output_dir", output_dir] + overrides(stage.get("overrides"))

@@ -10,6 +10,7 @@ from .remote_code.configuration_vift import ViFTConfig
 from .remote_code.modeling_vift import ViFTForConditionalGeneration, ViFTModel, ViFTPreTrainedModel
 from .remote_code.processing_vift import ViFTProcessor
 
+
 __version__ = "0.1.0"
 
 AutoConfig.register(ViFTConfig.model_type, ViFTConfig, exist_ok=True)

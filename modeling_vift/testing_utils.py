@@ -14,6 +14,7 @@ from .remote_code.configuration_vift import ViFTConfig
 from .remote_code.modeling_vift import ViFTForConditionalGeneration
 from .remote_code.processing_vift import ViFTProcessor
 
+
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
 

@@ -13,8 +13,9 @@ import os
 import time
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, SweepConfig, evaluate_benchmark, run_fusion_sweep
-from modeling_vift.testing_utils import FIXTURE_FILES, materialize_fixtures, save_tiny_model
 from modeling_vift.evaluation.runner import distributed_state
+from modeling_vift.testing_utils import FIXTURE_FILES, materialize_fixtures, save_tiny_model
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,6 +19,7 @@ summary.md (also printed), and answers.jsonl (LLaVA format) for open-ended quest
 import os
 import sys
 
+
 if __name__ == "__main__" and not __package__:  # run as a file, `import evaluate` would find this file
     sys.exit("Run the recipe from the repository root as a module: python -m recipes.evaluate_benchmark --config ...")
 
@@ -28,6 +29,7 @@ from typing import Optional
 from trl import TrlParser
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, LLMJudgeExtractor, evaluate_benchmark
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,6 +19,7 @@ import json
 import os
 import random
 
+
 CAPTIONS = [
     "a red circle and a blue square on a white background",
     "two green triangles above a yellow star",

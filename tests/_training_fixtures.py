@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

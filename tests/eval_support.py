@@ -4,6 +4,7 @@ import os
 
 from modeling_vift import testing_utils as fixtures
 
+
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "eval")
 DATA_FILES = dict(fixtures.FIXTURE_FILES, llava_bench=fixtures.FIXTURE_FILES["open_ended"])
 

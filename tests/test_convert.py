@@ -20,6 +20,7 @@ from modeling_vift.testing_utils import (
     tiny_vision_config,
 )
 
+
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from eval_support import DATA_FILES, materialize_fixtures, save_tiny_model
+
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, evaluate_benchmark, load_benchmark, score_records
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,6 @@ import yaml
 from PIL import Image
 
 from modeling_vift.publishing import dataset as hub_datasets
-from modeling_vift.training.data import DataSource, SourceConfig, conversations_to_messages
 from modeling_vift.publishing.dataset import (
     DatasetConversionError,
     convert_dataset,
@@ -23,7 +22,9 @@ from modeling_vift.publishing.dataset import (
     push_dataset,
 )
 from modeling_vift.testing_utils import random_images
+from modeling_vift.training.data import DataSource, SourceConfig, conversations_to_messages
 from tests.fake_hub import FakeHub
+
 
 NUM_CAPTIONS = 7
 

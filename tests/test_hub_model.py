@@ -13,13 +13,13 @@ import sys
 import pytest
 import yaml
 
+from modeling_vift.publishing import PublishError, push_model
 from modeling_vift.publishing import model as publish_model
 from modeling_vift.publishing import upload as publish_upload
-from modeling_vift.publishing import PublishError, push_model
 from modeling_vift.publishing.upload import upload_to_hub
 from modeling_vift.testing_utils import tiny_vift
-
 from tests.fake_hub import FakeHub
+
 
 BASE_MODELS = ["Qwen/Qwen2.5-7B-Instruct", "google/siglip-so400m-patch14-384"]
 TOKEN = "hf_thisIsASecretTokenValue123"

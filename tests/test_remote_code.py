@@ -13,6 +13,7 @@ import modeling_vift
 from modeling_vift.publishing.fresh_process import run_python_without_vift
 from modeling_vift.testing_utils import random_images, tiny_vift
 
+
 BUNDLE_DIR = os.path.join(os.path.dirname(modeling_vift.__file__), "remote_code")
 REMOTE_ENTRY_FILES = ("configuration_vift.py", "modeling_vift.py", "processing_vift.py")
 STDLIB = set(sys.stdlib_module_names)

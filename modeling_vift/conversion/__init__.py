@@ -6,4 +6,5 @@ Not part of the remote-code bundle.
 
 from .llava import ConversionError, build_plan, compare_with_llava, convert_checkpoint, detect_layout
 
+
 __all__ = ["ConversionError", "build_plan", "compare_with_llava", "convert_checkpoint", "detect_layout"]

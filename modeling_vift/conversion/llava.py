@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..remote_code.configuration_vift import (
-    _TOWERS_WITH_CLS_TOKEN,
     ViFTConfig,
     add_image_token,
     compute_image_seq_length,
+    tower_has_cls_token,
     vision_tower_config,
 )
 from ..remote_code.modeling_vift import ViFTForConditionalGeneration
@@ -199,7 +199,7 @@ def plan_llava(source, chat_template=None, **config_overrides):
         )
     strategy = llava.vision_feature_select_strategy
     image_seq_length = compute_image_seq_length(vision_config, strategy)
-    if strategy == "default" and vision_config.model_type not in _TOWERS_WITH_CLS_TOKEN:
+    if strategy == "default" and not tower_has_cls_token(vision_config):
         raise ConversionError(
             f"vision_feature_select_strategy='default' with a {vision_config.model_type} tower: LLaVA drops the first "
             f"position as if it were a CLS token, but this tower has none, and ViFT keeps every patch. Such a "

@@ -13,6 +13,7 @@ from .benchmarks import canonical_benchmark, load_benchmark
 from .runner import GenerationSettings, merge_predictions, run_generation, with_fusion_defaults
 from .summary import format_summary
 
+
 METRIC_OF = {"mathvista": "math_accuracy", "mathverse": "math_accuracy", "mathvision": "math_accuracy", "demon": "demon_score"}
 
 

@@ -16,11 +16,10 @@ import glob
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from ..remote_code.configuration_vift import check_fusion_layers, check_fusion_weights
 from ..remote_code.fusion_vift import resolve_fusion_settings
-
 from .samples import IMAGE_PLACEHOLDER, open_image
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from ..remote_code.configuration_vift import check_fusion_layers, fusion_setting
 from .benchmarks import canonical_benchmark, load_benchmark
-from .pipeline import write_json, load_model_and_processor, primary_score, score_records
+from .pipeline import load_model_and_processor, primary_score, score_records, write_json
 from .runner import GenerationSettings, merge_predictions, run_generation
 
 

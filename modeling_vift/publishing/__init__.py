@@ -9,6 +9,7 @@ from .dataset import DatasetConversionError, convert_dataset, push_dataset
 from .model import build_generation_config, push_model, verify_folder
 from .upload import PublishError
 
+
 __all__ = [
     "DatasetConversionError",
     "PublishError",

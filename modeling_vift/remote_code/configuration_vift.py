@@ -150,8 +150,13 @@ def compute_image_seq_length(vision_config, vision_feature_select_strategy="defa
     """Tokens one image expands to: one per patch, plus the CLS token of towers that emit one when it is kept."""
     vision_config = vision_tower_config(vision_config)
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
-    has_cls = vision_config.model_type in _TOWERS_WITH_CLS_TOKEN
+    has_cls = tower_has_cls_token(vision_config)
     return patches + int(has_cls and vision_feature_select_strategy == "full")
+
+
+def tower_has_cls_token(vision_config):
+    """Whether the vision tower emits a CLS token before its patch tokens (CLIP, DINOv2, ViT; SigLIP does not)."""
+    return vision_tower_config(vision_config).model_type in _TOWERS_WITH_CLS_TOKEN
 
 
 def add_image_token(tokenizer, image_token="<image>"):
@@ -213,4 +218,5 @@ __all__ = [
     "check_fusion_weights",
     "compute_image_seq_length",
     "fusion_setting",
+    "tower_has_cls_token",
 ]

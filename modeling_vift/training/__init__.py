@@ -7,4 +7,5 @@ Not part of the remote-code bundle; it may use trl, peft, accelerate, datasets a
 
 from .trainer import ViFTScriptArguments, ViFTSFTTrainer, build_trainer, main, make_parser, run
 
+
 __all__ = ["ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "main", "make_parser", "run"]
