@@ -53,7 +53,7 @@ test-latest: $(STAMP)
 	$(UV) venv -q --python $(VENV)/bin/python .venv-latest
 	$(UV_INSTALL) --python .venv-latest/bin/python $(TORCH)
 	$(UV_INSTALL) --python .venv-latest/bin/python --upgrade -c <(echo "$(TORCH)") -e ".[test]" \
-		--override <(echo "transformers>=$$($(VENV)/bin/python -c 'from modeling_vift.configuration_vift import SUPPORTED_TRANSFORMERS as s; print(s[0])')")
+		--override <(echo "transformers>=$$($(VENV)/bin/python -c 'from modeling_vift.remote_code.configuration_vift import SUPPORTED_TRANSFORMERS as s; print(s[0])')")
 	.venv-latest/bin/python -c "import transformers, trl, peft, accelerate, datasets; print('newest:', *(f'{m.__name__} {m.__version__}' for m in (transformers, trl, peft, accelerate, datasets)))"
 	VIFT_ALLOW_UNTESTED_TRANSFORMERS=1 .venv-latest/bin/python -m pytest -q tests
 

@@ -1,4 +1,5 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
+
 
 setup(
     name="vift",
@@ -9,11 +10,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # Only the library is installed; recipes/, hub/ and benchmarks/ are run from a checkout (python -m ...).
-    packages=find_packages(include=["modeling_vift", "modeling_vift.*"]),
+    # modeling_vift/remote_code is a namespace package (no __init__.py): it holds only the files that ship with the weights.
+    packages=find_namespace_packages(include=["modeling_vift", "modeling_vift.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.17.0,<5.25.0",  # = configuration_vift.SUPPORTED_TRANSFORMERS, the range CI proves
+        "transformers>=5.17.0,<5.25.0",  # = remote_code/configuration_vift.py SUPPORTED_TRANSFORMERS, the range CI proves
         "trl>=1.0,<2",
         "peft>=0.17",
         "accelerate>=1.10",

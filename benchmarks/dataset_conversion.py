@@ -25,9 +25,10 @@ import time
 
 import numpy as np
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_vift.hub_datasets import convert_dataset  # noqa: E402
+from modeling_vift.publishing.dataset import convert_dataset  # noqa: E402
 
 
 def generate(work_dir, records, text_records, image_size, seed=0):

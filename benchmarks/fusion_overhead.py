@@ -13,13 +13,16 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 import torch
+
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration  # noqa: E402
 from tests.fusion_reference import reference_fused_generate  # noqa: E402
+
 
 SHAPES = {
     # hidden sizes etc. of the text model / vision tower
@@ -155,10 +158,10 @@ def main():
             gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             for batch_size in args.batches:
                 batch = make_batch(model, batch_size, device, seed=batch_size, question_lengths=SHAPES[shape]["prompt"])
-                t_plain, _ = timed(lambda: run_plain(model, batch, gen), device)
-                t_fused, _ = timed(lambda: run_fused(model, batch, gen, layers), device)
+                t_plain, _ = timed(partial(run_plain, model, batch, gen), device)
+                t_fused, _ = timed(partial(run_fused, model, batch, gen, layers), device)
                 if batch_size <= args.skip_reference_above:
-                    t_ref, _ = timed(lambda: run_reference(model, batch, gen, layers), device)
+                    t_ref, _ = timed(partial(run_reference, model, batch, gen, layers), device)
                 else:
                     t_ref = float("nan")
                 tokens = batch_size * new_tokens

@@ -6,7 +6,7 @@ tokens/s on a model.
 
 Length mix (synthetic, like ViFT's stage 2): caption samples are 729 image tokens (SigLIP-so400m at 384 px) plus
 50-300 text tokens; text-only instructions are 100-3000 tokens; rows of max_length 4096. The fill table uses the
-packer of `modeling_vift.packing` (best-fit decreasing, at most 8 images per row) on 20,000 samples per mix.
+packer of `modeling_vift.training.packing` (best-fit decreasing, at most 8 images per row) on 20,000 samples per mix.
 The throughput part trains the same samples both ways (forward, backward, AdamW step) and alternates the two
 passes `--repeats` times; it reports median real (non-padding) tokens per second and their ratio. Models are
 randomly initialised; the vision tower of every shape emits 729 tokens per image.
@@ -22,10 +22,12 @@ import time
 import numpy as np
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration  # noqa: E402
-from modeling_vift.packing import PACKED_SDPA, fill_ratio, pack_bfd  # noqa: E402
+from modeling_vift.training.packing import PACKED_SDPA, fill_ratio, pack_bfd, register_packed_sdpa  # noqa: E402
+
 
 IMAGE_TOKENS = 729
 SHAPES = {
@@ -202,6 +204,7 @@ def throughput(args, shape):
 
 
 def main():
+    register_packed_sdpa()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

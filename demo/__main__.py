@@ -2,5 +2,6 @@
 
 from .run import main
 
+
 if __name__ == "__main__":
     main()

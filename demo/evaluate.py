@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .world import final_answer, parse_caption, textual_prompt, visual_messages
 
+
 _PUNCT = re.compile(r"[^\w\s]")
 
 

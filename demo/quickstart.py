@@ -17,7 +17,9 @@ import time
 import torch
 
 from modeling_vift import ViFTForConditionalGeneration, ViFTProcessor
-from modeling_vift.testing_utils import random_images, run_python_without_vift, save_tiny_towers
+from modeling_vift.publishing.fresh_process import run_python_without_vift
+from modeling_vift.testing_utils import random_images, save_tiny_towers
+
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image in detail"}]}]
 MAX_NEW_TOKENS = 12

@@ -31,6 +31,7 @@ import time
 
 import yaml
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "configs", "demo.yaml")
 
@@ -232,9 +233,12 @@ def overrides(mapping):
 
 def run_stage0(stage, lm_dir, data_dir, output_dir):
     """Stage 0 with TRL's own SFT script: the language model learns the text-only tasks."""
-    import modeling_vift.packing  # noqa: F401  (registers the per-sample packed attention, `vift_packed_sdpa`)
     from trl.scripts.sft import main as sft_main
     from trl.scripts.sft import make_parser as sft_parser
+
+    from modeling_vift.training.packing import register_packed_sdpa
+
+    register_packed_sdpa()  # the stage-0 config trains with attn_implementation: vift_packed_sdpa
 
     args = ["--config", resolve(stage["config"]), "--model_name_or_path", lm_dir, "--dataset_name", data_dir,
             "--output_dir", output_dir] + overrides(stage.get("overrides"))
@@ -401,10 +405,9 @@ def plot_heatmap(grid, plain_accuracy, path):
 def save_final_model(model, processor, chosen, folder):
     """The final model + processor with its remote code; the tuned fusion settings become the config defaults."""
     import modeling_vift  # noqa: F401  (registers the auto classes: the folder gets the remote-code files)
+    from modeling_vift.evaluation import apply_fusion_setting
 
-    model.config.fusion_alpha = float(chosen["alpha"])
-    model.config.fusion_beta = float(chosen["beta"])
-    model.config.fusion_layers = list(chosen["layers"])
+    apply_fusion_setting(model, {"fusion_alpha": chosen["alpha"], "fusion_beta": chosen["beta"], "fusion_layers": chosen["layers"]})
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -412,7 +415,7 @@ def save_final_model(model, processor, chosen, folder):
 def reload_in_fresh_process(folder, record, image_folder, work_dir, timeout=300):
     """Runs `demo/answer.py` in a new interpreter in which `modeling_vift` cannot be imported: the folder loads with
     `AutoModel.from_pretrained(folder, trust_remote_code=True)` from its own code files, and answers `record`."""
-    from modeling_vift.testing_utils import run_python_without_vift
+    from modeling_vift.publishing.fresh_process import run_python_without_vift
 
     os.makedirs(work_dir, exist_ok=True)
     with open(os.path.join(HERE, "answer.py")) as f:

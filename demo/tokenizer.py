@@ -8,6 +8,7 @@ text; a vocabulary a little larger than the world's word list makes every world 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+
 IMAGE_TOKEN = "<image>"
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 

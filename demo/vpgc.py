@@ -51,6 +51,7 @@ from .world import (
     scene_descriptions,
 )
 
+
 DEFAULT_CONFIG = os.path.join(HERE, "configs", "vpgc.yaml")
 # Offsets added to the seed for the RNG of each data split: the demo's world draws from `Random(seed)`, so these
 # streams never repeat its scenes' stream, nor each other's.

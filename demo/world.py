@@ -17,6 +17,7 @@ import os
 import random
 from dataclasses import asdict, dataclass
 
+
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 220), "yellow": (225, 195, 25)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")

@@ -15,8 +15,8 @@ The token (`--token`, else HF_TOKEN or the saved login) is never printed.
 import argparse
 import sys
 
-from modeling_vift.hub import PublishError
-from modeling_vift.hub_datasets import DatasetConversionError, find_sources, push_dataset
+from modeling_vift.publishing import PublishError
+from modeling_vift.publishing.dataset import DatasetConversionError, find_sources, push_dataset
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ generate, or nothing is uploaded. The token (`--token`, else HF_TOKEN or the sav
 import argparse
 import sys
 
-from modeling_vift.hub import PublishError, push_model
+from modeling_vift.publishing import PublishError, push_model
 
 
 def main(argv=None):

@@ -6,9 +6,10 @@ carry the remote-code files, so users load them with `trust_remote_code=True` wi
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_vift import ViFTConfig
-from .modeling_vift import ViFTForConditionalGeneration, ViFTModel, ViFTPreTrainedModel
-from .processing_vift import ViFTProcessor
+from .remote_code.configuration_vift import ViFTConfig
+from .remote_code.modeling_vift import ViFTForConditionalGeneration, ViFTModel, ViFTPreTrainedModel
+from .remote_code.processing_vift import ViFTProcessor
+
 
 __version__ = "0.1.0"
 

@@ -4,13 +4,16 @@ Everything here goes through the same code paths as real checkpoints: real SigLI
 Qwen2 / Llama text configs at toy sizes, a real `tokenizers` tokenizer, real image processors.
 """
 
+import json
 import os
+import shutil
 
 import torch
 
-from .configuration_vift import ViFTConfig
-from .modeling_vift import ViFTForConditionalGeneration
-from .processing_vift import ViFTProcessor
+from .remote_code.configuration_vift import ViFTConfig
+from .remote_code.modeling_vift import ViFTForConditionalGeneration
+from .remote_code.processing_vift import ViFTProcessor
+
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
@@ -159,45 +162,65 @@ def random_images(count, size=32, seed=0, mode="RGB"):
     return images
 
 
-# Installed first in a fresh interpreter: any import of `modeling_vift` fails, as on a user's machine without this
-# package, so only the remote-code files saved next to the weights can provide the ViFT classes.
-_BLOCK_VIFT_BOOTSTRAP = '''
-import importlib.abc
-import sys
+# ------------------------------------------------------------------------------------------ evaluation fixtures
+# The text files in `tests/fixtures/eval` (one per benchmark, in the published formats) copied with random images
+# generated for every image they name, and a tiny random ViFT checkpoint. The scores they give mean nothing.
+
+FIXTURE_FILES = {
+    "mathvista": "mathvista_testmini.json",
+    "mathverse": "mathverse_testmini.json",
+    "mathvision": "mathvision_test.jsonl",
+    "demon": "demon",
+    "open_ended": "llava_bench/questions.jsonl",
+}
 
 
-class _BlockViFTPackage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "modeling_vift" or name.startswith("modeling_vift."):
-            raise ImportError(f"{name} is blocked: this process must load ViFT through trust_remote_code only")
-        return None
+def _image_names(path):
+    """Image paths a fixture file names (files named missing_* are left out on purpose: they test missing images)."""
+    if path.endswith(".jsonl"):
+        records = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    else:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and "data" in data:
+            records = [r.get("task_instance") or {} for r in data["data"]]
+        else:
+            records = list(data.values()) if isinstance(data, dict) else data
+    names = []
+    for record in records:
+        for value in [record.get("image")] + list(record.get("images_path") or []):
+            if isinstance(value, str) and value and not os.path.basename(value).startswith("missing_"):
+                names.append(value)
+    return names
 
 
-sys.meta_path.insert(0, _BlockViFTPackage())
-sys.argv = sys.argv[1:]
-with open(sys.argv[0], encoding="utf-8") as _f:
-    _code = compile(_f.read(), sys.argv[0], "exec")
-exec(_code, {"__name__": "__main__", "__file__": sys.argv[0]})
-'''
+def materialize_fixtures(source, target):
+    """Copies the fixture tree `source` to `target` and writes a random 40x40 image for every image it names."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    seed = 0
+    for root, _, files in os.walk(target):
+        for name in sorted(files):
+            if not name.endswith((".json", ".jsonl")):
+                continue
+            base = os.path.join(root, "images") if name == "questions.jsonl" else root
+            for image in _image_names(os.path.join(root, name)):
+                path = os.path.join(base, image)
+                if not os.path.exists(path):
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    random_images(1, size=40, seed=seed)[0].save(path)
+                    seed += 1
+    return target
 
 
-def run_python_without_vift(script, cwd, args=(), timeout=300, python=None):
-    """Runs the Python source `script` in a fresh interpreter (`python`, default the current one's executable) from
-    `cwd`, with the
-    `modeling_vift` package made unimportable and the Hub offline; returns the `subprocess.CompletedProcess`
-    (text output captured). Remote code is cached under `cwd`, so parallel runs never share a module cache."""
-    import subprocess
-    import sys
-
-    bootstrap = os.path.join(cwd, "_block_vift.py")
-    script_path = os.path.join(cwd, "_script.py")
-    with open(bootstrap, "w", encoding="utf-8") as f:
-        f.write(_BLOCK_VIFT_BOOTSTRAP)
-    with open(script_path, "w", encoding="utf-8") as f:
-        f.write(script)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=os.path.join(cwd, "hf_modules"), TOKENIZERS_PARALLELISM="false")
-    return subprocess.run(
-        [python or sys.executable, bootstrap, script_path, *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+def save_tiny_model(target):
+    """A tiny random ViFT model and its processor saved as a checkpoint folder (4 decoder layers)."""
+    model, processor = tiny_vift()
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target

@@ -13,8 +13,9 @@ import os
 import time
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, SweepConfig, evaluate_benchmark, run_fusion_sweep
-from modeling_vift.evaluation.fixtures import FIXTURE_FILES, materialize_fixtures, save_tiny_model
-from modeling_vift.evaluation.runner import _distributed_state
+from modeling_vift.evaluation.runner import distributed_state
+from modeling_vift.testing_utils import FIXTURE_FILES, materialize_fixtures, save_tiny_model
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def main(output_dir, max_new_tokens=8):
     import torch
 
     torch.set_num_threads(1)  # a toy model: thread start-up costs more than its matrix products
-    state = _distributed_state()
+    state = distributed_state()
     start = time.perf_counter()
     data, model = os.path.join(output_dir, "data"), os.path.join(output_dir, "tiny-vift")
     if state.is_main_process:

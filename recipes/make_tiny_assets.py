@@ -19,6 +19,7 @@ import json
 import os
 import random
 
+
 CAPTIONS = [
     "a red circle and a blue square on a white background",
     "two green triangles above a yellow star",
@@ -78,7 +79,7 @@ def write_tiny_data(directory, num_captions=24, num_text=16, seed=0):
     from datasets import Dataset
     from PIL import Image
 
-    from modeling_vift.data import conversations_to_messages
+    from modeling_vift.training.data import conversations_to_messages
 
     image_dir = os.path.join(directory, "images")
     names = write_images(image_dir, num_captions, seed=seed)

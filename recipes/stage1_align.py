@@ -12,7 +12,7 @@ python -m recipes.stage1_align --config recipes/tiny_stage1.yaml
 Any field of the YAML can be overridden on the command line, e.g. `--max_steps 10 --output_dir out/s1`.
 """
 
-from modeling_vift.training import make_parser, main
+from modeling_vift.training import main, make_parser
 
 
 if __name__ == "__main__":

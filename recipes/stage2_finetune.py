@@ -16,7 +16,7 @@ accelerate launch --num_processes 2 --cpu -m recipes.stage2_finetune --config re
 ```
 """
 
-from modeling_vift.training import make_parser, main
+from modeling_vift.training import main, make_parser
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     accelerate launch --num_processes 8 -m recipes.sweep_fusion --config recipes/eval_sweep_fusion.yaml ...
 
 Every setting is one resumable run under output_dir/runs/. Writes sweep_results.json, best_fusion.json,
-heatmap.png and validation_ids.txt (pass it as exclude_ids_file to recipes.evaluate so that the reported numbers
+heatmap.png and validation_ids.txt (pass it as exclude_ids_file to recipes.evaluate_benchmark so that the reported numbers
 are not measured on the samples the setting was chosen on). `--write_best_to both` stores the best setting in the
 model folder's config.json and generation_config.json (the defaults of `generate(..., fusion=True)`).
 """
@@ -19,13 +19,13 @@ from trl import TrlParser
 
 from modeling_vift.evaluation import GenerationSettings, SweepConfig, run_fusion_sweep
 
-from .evaluate import REPO, parse_layers
+from .evaluate_benchmark import REPO, parse_layers
 
 
 @dataclass
 class SweepArguments:
     benchmark: str = field(metadata={"help": "mathvista, mathverse, mathvision or demon."})
-    data_path: str = field(metadata={"help": "The validation data (any format recipes.evaluate reads)."})
+    data_path: str = field(metadata={"help": "The validation data (any format recipes.evaluate_benchmark reads)."})
     output_dir: str = field(metadata={"help": "Where the per-setting runs, the results, the heatmap and the best setting go."})
     model_name_or_path: str = field(default=None, metadata={"help": "A ViFT model folder or Hub id."})
     alphas: list[float] = field(default_factory=lambda: [0.5, 1.0], metadata={"help": "Values of alpha."})

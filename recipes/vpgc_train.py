@@ -12,7 +12,7 @@ python -m recipes.vpgc_train --config recipes/tiny_vpgc.yaml
 ```
 """
 
-from modeling_vift.training import make_parser, main
+from modeling_vift.training import main, make_parser
 
 
 if __name__ == "__main__":

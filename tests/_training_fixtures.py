@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,7 +67,7 @@ for path in sys.argv[1:]:
 def load_with_remote_code(checkpoints, workdir):
     """Loads each checkpoint in a fresh interpreter where `modeling_vift` cannot be imported (remote code only) and
     runs one forward on an image prompt."""
-    from modeling_vift.testing_utils import run_python_without_vift
+    from modeling_vift.publishing.fresh_process import run_python_without_vift
 
     os.makedirs(workdir, exist_ok=True)
     result = run_python_without_vift(LOAD_WITH_REMOTE_CODE, str(workdir), args=list(map(str, checkpoints)))

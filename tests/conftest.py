@@ -2,6 +2,7 @@ import os
 import sys
 import tempfile
 
+
 # Tests never reach the Hub: everything is built in code or read from temporary folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -16,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
 
 torch.set_num_threads(THREADS)
 

@@ -2,7 +2,8 @@
 
 import os
 
-from modeling_vift.evaluation import fixtures
+from modeling_vift import testing_utils as fixtures
+
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "eval")
 DATA_FILES = dict(fixtures.FIXTURE_FILES, llava_bench=fixtures.FIXTURE_FILES["open_ended"])

@@ -8,7 +8,7 @@ one position (the prefill), adding `alpha * H_l(q) - beta * H_l(v,q)` to the las
 
 import torch
 
-from modeling_vift.fusion_vift import decoder_layers
+from modeling_vift.remote_code.fusion_vift import decoder_layers
 
 
 @torch.no_grad()

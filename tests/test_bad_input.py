@@ -6,8 +6,15 @@ import torch
 from PIL import Image
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration, ViFTProcessor
-from modeling_vift.processing_vift import to_rgb
-from modeling_vift.testing_utils import random_images, tiny_image_processor, tiny_text_config, tiny_tokenizer, tiny_vift, tiny_vision_config
+from modeling_vift.remote_code.processing_vift import to_rgb
+from modeling_vift.testing_utils import (
+    random_images,
+    tiny_image_processor,
+    tiny_text_config,
+    tiny_tokenizer,
+    tiny_vift,
+    tiny_vision_config,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modeling_vift import ViFTForConditionalGeneration, ViFTProcessor
-from modeling_vift.convert import ConversionError, compare_with_llava, convert_checkpoint
+from modeling_vift.conversion import ConversionError, compare_with_llava, convert_checkpoint
 from modeling_vift.testing_utils import (
     random_images,
     save_tiny_towers,
@@ -19,6 +19,7 @@ from modeling_vift.testing_utils import (
     tiny_tokenizer,
     tiny_vision_config,
 )
+
 
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
@@ -264,7 +265,7 @@ def test_unsupported_bunny_configs_are_rejected_before_writing(tmp_path, change,
 
 
 def test_convert_script_reports_errors_without_a_traceback(tmp_path, capsys):
-    from hub.convert import main
+    from hub.convert_llava import main
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from modeling_vift.data import (
+from modeling_vift.testing_utils import random_images, tiny_vift
+from modeling_vift.training.data import (
     DataSource,
     MixtureConfig,
     SampleError,
@@ -12,7 +13,6 @@ from modeling_vift.data import (
     build_training_data,
     conversations_to_messages,
 )
-from modeling_vift.testing_utils import random_images, tiny_vift
 
 
 def llava(record_id, *turns, image=None):

@@ -24,6 +24,7 @@ from demo.world import (
     scene_facts,
 )
 
+
 SMOKE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "configs", "smoke.yaml")
 
 

@@ -22,6 +22,7 @@ from demo.vpgc import (
 )
 from demo.world import CHANGE_OPTIONS, WorldConfig, changed_scene, parse_caption, random_scene
 
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "configs")
 SMOKE = os.path.join(CONFIGS, "smoke.yaml")
 VPGC_SMOKE = os.path.join(CONFIGS, "vpgc_smoke.yaml")

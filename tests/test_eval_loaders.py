@@ -4,8 +4,8 @@ import json
 import os
 
 import pytest
-
 from eval_support import materialize_fixtures
+
 from modeling_vift.evaluation import DataError, load_benchmark
 from modeling_vift.evaluation.demon import map_placeholders, parse_choice_list, task_category
 from modeling_vift.evaluation.runner import render_prompt

@@ -6,7 +6,15 @@ import os
 import pytest
 
 from modeling_vift.evaluation.pipeline import load_metric
-from modeling_vift.evaluation.scoring import lcs_length, nearest_option, normalize_text, rouge_l, score_demon, tfidf_cosine
+from modeling_vift.evaluation.scoring import (
+    lcs_length,
+    nearest_option,
+    normalize_text,
+    rouge_l,
+    score_demon,
+    tfidf_cosine,
+)
+
 
 METRICS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "metrics")
 

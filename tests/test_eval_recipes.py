@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from eval_support import DATA_FILES, materialize_fixtures, save_tiny_model
+
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, evaluate_benchmark, load_benchmark, score_records
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ def run_recipe(module, argv):
     from trl import TrlParser
 
     recipe = __import__(f"recipes.{module}", fromlist=["main"])
-    arguments_class = recipe.EvaluateArguments if module == "evaluate" else recipe.SweepArguments
+    arguments_class = recipe.EvaluateArguments if module == "evaluate_benchmark" else recipe.SweepArguments
     (arguments,) = TrlParser((arguments_class,)).parse_args_and_config(args=argv)
     return recipe.main(arguments)
 
@@ -60,7 +61,7 @@ def read_predictions(output_dir):
 )
 def test_each_benchmark_recipe_runs_end_to_end_on_the_fixtures(benchmark, config, evaluated, skipped, data, model_dir, tmp_path):
     out = str(tmp_path / benchmark)
-    result = run_recipe("evaluate", [
+    result = run_recipe("evaluate_benchmark", [
         "--config", os.path.join(REPO, "recipes", config), "--model_name_or_path", model_dir,
         "--data_path", os.path.join(data, DATA_FILES[benchmark]), "--output_dir", out, "--fusion_layers", "2:4",
         "--max_new_tokens", "6", "--batch_size", "2", "--progress", "false",
@@ -116,7 +117,7 @@ def test_interrupted_run_resumes_where_it_stopped(data, model_dir, tmp_path):
     out = str(tmp_path / "run")
     argv = ["--benchmark", "mathvista", "--data_path", os.path.join(data, DATA_FILES["mathvista"]), "--output_dir", out,
             "--model_name_or_path", model_dir, "--max_new_tokens", "6", "--fusion", "true", "--progress", "false"]
-    first = run_recipe("evaluate", argv)
+    first = run_recipe("evaluate_benchmark", argv)
     complete = read_predictions(out)
     # interruption: only the first record was written completely, the second one was cut mid-line, nothing merged
     shard = os.path.join(out, "shards", "rank000-of-001.jsonl")
@@ -125,26 +126,26 @@ def test_interrupted_run_resumes_where_it_stopped(data, model_dir, tmp_path):
         f.write(lines[0] + lines[1][: len(lines[1]) // 2])
     for name in ("predictions.jsonl", "scores.json"):
         os.remove(os.path.join(out, name))
-    resumed = run_recipe("evaluate", argv)
+    resumed = run_recipe("evaluate_benchmark", argv)
     assert resumed["stats"]["resumed"] == 1 and resumed["stats"]["generated"] == 3 and resumed["stats"]["broken_lines"] == 1
     assert [(r["id"], r["prediction"]) for r in read_predictions(out)] == [(r["id"], r["prediction"]) for r in complete]
     assert resumed["scores"]["scores"] == first["scores"]["scores"]
-    again = run_recipe("evaluate", argv)  # a finished run only merges and scores
+    again = run_recipe("evaluate_benchmark", argv)  # a finished run only merges and scores
     assert again["stats"]["generated"] == 0 and again["stats"]["resumed"] == 4
     with pytest.raises(ValueError, match="other settings"):
-        run_recipe("evaluate", argv + ["--fusion_alpha", "2.0"])
+        run_recipe("evaluate_benchmark", argv + ["--fusion_alpha", "2.0"])
 
 
 def test_two_processes_merge_to_the_same_scores_as_one(data, model_dir, tmp_path):
     common = ["--benchmark", "demon", "--data_path", os.path.join(data, DATA_FILES["demon"]), "--model_name_or_path", model_dir,
               "--max_new_tokens", "6", "--batch_size", "1", "--fusion", "true", "--progress", "false"]
-    single = run_recipe("evaluate", common + ["--output_dir", str(tmp_path / "one")])
+    single = run_recipe("evaluate_benchmark", common + ["--output_dir", str(tmp_path / "one")])
     # `accelerate launch --cpu` starts a single process (its multi-process CPU path needs MPI); on a machine without
     # CUDA the multi-process launcher (torchrun underneath) runs the processes on the CPU over gloo.
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "recipes.evaluate", *common, "--output_dir", str(tmp_path / "two")]
+               "-m", "recipes.evaluate_benchmark", *common, "--output_dir", str(tmp_path / "two")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     shards = sorted(os.listdir(tmp_path / "two" / "shards"))
@@ -186,7 +187,7 @@ def test_fusion_sweep_writes_heatmap_best_setting_and_model_config(data, model_d
     generation_config = json.load(open(os.path.join(model_copy, "generation_config.json")))
     assert generation_config["fusion_alpha"] == best["fusion_alpha"] and generation_config["fusion_layers"] == best["fusion_layers"]
     # the reported evaluation leaves the validation samples out
-    evaluation = run_recipe("evaluate", [
+    evaluation = run_recipe("evaluate_benchmark", [
         "--benchmark", "mathvista", "--data_path", os.path.join(data, DATA_FILES["mathvista"]), "--output_dir", str(tmp_path / "eval"),
         "--model_name_or_path", model_copy, "--exclude_ids_file", os.path.join(out, "validation_ids.txt"), "--fusion", "true",
         "--max_new_tokens", "4", "--progress", "false",

@@ -6,7 +6,15 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPConfig, CLIPModel, GenerationConfig, SiglipConfig, SiglipModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    GenerationConfig,
+    SiglipConfig,
+    SiglipModel,
+)
 
 from modeling_vift import ViFTForConditionalGeneration, ViFTProcessor
 from modeling_vift.testing_utils import (
@@ -18,6 +26,7 @@ from modeling_vift.testing_utils import (
     tiny_tokenizer,
     tiny_vision_config,
 )
+
 
 COMBOS = [("siglip", "qwen2"), ("clip", "llama")]
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")

@@ -7,9 +7,10 @@ import threading
 import pytest
 import torch
 
-from modeling_vift.fusion_vift import decoder_layers
+from modeling_vift.remote_code.fusion_vift import decoder_layers
 from modeling_vift.testing_utils import random_images, tiny_vift
 from tests.fusion_reference import reference_fused_generate
+
 
 PROMPTS = [
     "how many shapes are there? answer with one word",

@@ -13,9 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from modeling_vift import hub_datasets
-from modeling_vift.data import DataSource, SourceConfig, conversations_to_messages
-from modeling_vift.hub_datasets import (
+from modeling_vift.publishing import dataset as hub_datasets
+from modeling_vift.publishing.dataset import (
     DatasetConversionError,
     convert_dataset,
     find_sources,
@@ -23,7 +22,9 @@ from modeling_vift.hub_datasets import (
     push_dataset,
 )
 from modeling_vift.testing_utils import random_images
+from modeling_vift.training.data import DataSource, SourceConfig, conversations_to_messages
 from tests.fake_hub import FakeHub
+
 
 NUM_CAPTIONS = 7
 
@@ -227,7 +228,7 @@ def test_bad_records_stop_the_conversion_before_anything_is_written(authors_data
 
 
 def test_bad_repo_id_is_rejected_before_converting(authors_data, tmp_path):
-    from modeling_vift.hub import PublishError
+    from modeling_vift.publishing import PublishError
 
     with pytest.raises(PublishError, match="namespace/name"):
         push_dataset(authors_data["sources"], authors_data["images"], str(tmp_path / "out"), "vift-data",

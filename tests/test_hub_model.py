@@ -13,11 +13,13 @@ import sys
 import pytest
 import yaml
 
-from modeling_vift import hub as hub_module
-from modeling_vift.hub import PublishError, push_model, upload_to_hub
+from modeling_vift.publishing import PublishError, push_model
+from modeling_vift.publishing import model as publish_model
+from modeling_vift.publishing import upload as publish_upload
+from modeling_vift.publishing.upload import upload_to_hub
 from modeling_vift.testing_utils import tiny_vift
-
 from tests.fake_hub import FakeHub
+
 
 BASE_MODELS = ["Qwen/Qwen2.5-7B-Instruct", "google/siglip-so400m-patch14-384"]
 TOKEN = "hf_thisIsASecretTokenValue123"
@@ -158,7 +160,7 @@ def test_token_goes_to_huggingface_hub_and_is_never_printed(published, monkeypat
 
     RecordingApi.instances.clear()
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    monkeypatch.setattr(hub_module, "verify_folder", lambda folder, timeout: {"model_class": "x", "new_tokens": 1})
+    monkeypatch.setattr(publish_model, "verify_folder", lambda folder, timeout: {"model_class": "x", "new_tokens": 1})
     caplog.set_level(logging.DEBUG)
     assert main([published["checkpoint"], "--repo-id", "org/vift", "--base-model", BASE_MODELS[0],
                  "--base-model", BASE_MODELS[1], "--token", TOKEN]) == 0
@@ -169,8 +171,8 @@ def test_token_goes_to_huggingface_hub_and_is_never_printed(published, monkeypat
 
 
 def test_large_folders_go_through_the_large_folder_upload(tmp_path, monkeypatch):
-    monkeypatch.setattr(hub_module, "LARGE_FOLDER_FILES", 1)
-    files = [hub_module.PlannedFile(name, 1, "checkpoint") for name in ("a.parquet", "b.parquet")]
+    monkeypatch.setattr(publish_upload, "LARGE_FOLDER_FILES", 1)
+    files = [publish_upload.PlannedFile(name, 1, "checkpoint") for name in ("a.parquet", "b.parquet")]
     with_large = RecordingApi(with_large_folder=True)
     upload_to_hub(with_large, str(tmp_path), files, "org/data", "dataset", private=True, revision="v1")
     assert [c[0] for c in with_large.calls] == ["create_repo", "create_branch", "upload_large_folder"]
@@ -217,7 +219,7 @@ def test_incomplete_checkpoint_is_rejected_naming_what_is_missing(published, tmp
     assert api.calls == []
 
 
-@pytest.mark.parametrize("bad_import", ["import vift_package_users_do_not_have", "from modeling_vift import data"])
+@pytest.mark.parametrize("bad_import", ["import vift_package_users_do_not_have", "from modeling_vift.training import data"])
 def test_remote_code_importing_what_users_lack_is_not_uploaded(published, tmp_path, bad_import):
     """Caught before the load check: a package missing here, or one present here that users do not have."""
     checkpoint = shutil.copytree(published["checkpoint"], tmp_path / "ckpt")

@@ -8,8 +8,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration
-from modeling_vift.modeling_vift import packed_shift_labels
+from modeling_vift.remote_code.modeling_vift import packed_shift_labels
 from modeling_vift.testing_utils import random_images, tiny_text_config, tiny_vift, tiny_vision_config
+
 
 COMBOS = [("siglip", "qwen2"), ("clip", "llama")]
 COMBO_IDS = ["siglip-qwen2", "clip-llama"]

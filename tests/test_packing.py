@@ -4,23 +4,26 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_vift.data import ImageLoadError, build_training_data
-from modeling_vift.packing import (
+from modeling_vift.testing_utils import tiny_vift
+from modeling_vift.training.data import ImageLoadError, build_training_data
+from modeling_vift.training.packing import (
     PACKED_SDPA,
     SKIPS_KEY,
     ViFTDataCollator,
     fill_ratio,
     pack_bfd,
     packed_rows_dataset,
+    register_packed_sdpa,
 )
-from modeling_vift.testing_utils import tiny_vift
 from tests._training_fixtures import tiny_assets  # noqa: F401  (session fixture)
+
 
 MAX_LENGTH = 160
 
 
 @pytest.fixture(scope="module")
 def model_and_processor():
+    register_packed_sdpa()
     model, processor = tiny_vift()
     return model.float(), processor
 
@@ -188,8 +191,9 @@ def test_text_only_batch_runs_the_vision_tower_without_changing_the_loss(data, m
 
 
 def test_missing_and_unreadable_images_are_skipped_counted_or_fatal_in_strict_mode(tmp_path, model_and_processor):
-    from recipes.make_tiny_assets import write_images
     import json
+
+    from recipes.make_tiny_assets import write_images
 
     processor = model_and_processor[1]
     names = write_images(str(tmp_path / "images"), 3)

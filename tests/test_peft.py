@@ -5,6 +5,7 @@ from peft import LoraConfig, get_peft_model
 
 from modeling_vift.testing_utils import random_images, tiny_vift
 
+
 # Only the language model's projections: SigLIP's attention has q_proj/v_proj too, which must stay untouched.
 LANGUAGE_MODEL_LORA = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                  target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)")

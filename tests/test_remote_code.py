@@ -10,16 +10,18 @@ import pytest
 import torch
 
 import modeling_vift
-from modeling_vift.testing_utils import random_images, run_python_without_vift, tiny_vift
+from modeling_vift.publishing.fresh_process import run_python_without_vift
+from modeling_vift.testing_utils import random_images, tiny_vift
 
-PACKAGE_DIR = os.path.dirname(modeling_vift.__file__)
+
+BUNDLE_DIR = os.path.join(os.path.dirname(modeling_vift.__file__), "remote_code")
 REMOTE_ENTRY_FILES = ("configuration_vift.py", "modeling_vift.py", "processing_vift.py")
 STDLIB = set(sys.stdlib_module_names)
 
 
 def relative_imports(filename):
     """Sibling module files imported with single-dot relative imports anywhere in `filename`."""
-    with open(os.path.join(PACKAGE_DIR, filename), encoding="utf-8") as f:
+    with open(os.path.join(BUNDLE_DIR, filename), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     found = set()
     for node in ast.walk(tree):
@@ -82,10 +84,17 @@ def saved(tmp_path_factory):
 def test_remote_code_files_import_only_torch_transformers_and_siblings():
     allowed = {"torch", "transformers"}
     for name in sorted(remote_code_files()):
-        with open(os.path.join(PACKAGE_DIR, name), encoding="utf-8") as f:
+        with open(os.path.join(BUNDLE_DIR, name), encoding="utf-8") as f:
             tree = ast.parse(f.read())
         third_party = absolute_imports(tree) - STDLIB
         assert third_party <= allowed, f"{name} imports {sorted(third_party - allowed)}: remote code may import only {sorted(allowed)}"
+
+
+def test_bundle_folder_holds_exactly_the_files_that_ship():
+    """The remote-code folder holds what is copied next to the weights and nothing else (no __init__.py: it is a
+    namespace package, so nothing in it can run on import)."""
+    present = {name for name in os.listdir(BUNDLE_DIR) if name != "__pycache__"}
+    assert present == remote_code_files()
 
 
 def test_saved_folder_holds_every_relatively_imported_file(saved):
@@ -96,7 +105,7 @@ def test_saved_folder_holds_every_relatively_imported_file(saved):
         present = set(os.listdir(folder))
         assert needed <= present, f"{folder.name} lacks {sorted(needed - present)}"
         for name in needed:  # copied verbatim
-            with open(folder / name, encoding="utf-8") as saved_file, open(os.path.join(PACKAGE_DIR, name), encoding="utf-8") as source:
+            with open(folder / name, encoding="utf-8") as saved_file, open(os.path.join(BUNDLE_DIR, name), encoding="utf-8") as source:
                 assert saved_file.read() == source.read()
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from modeling_vift import ViFTForConditionalGeneration
 from modeling_vift.testing_utils import tiny_vift
-from modeling_vift.training import build_trainer, configure_stage, lm_lora_config, make_parser, save_final
+from modeling_vift.training.trainer import build_trainer, configure_stage, lm_lora_config, make_parser, save_final
 from tests._training_fixtures import (  # noqa: F401  (tiny_assets is a session fixture)
     REPO,
     load_with_remote_code,

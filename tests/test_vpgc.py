@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration
-from modeling_vift.testing_utils import random_images, run_python_without_vift, tiny_vift
-from modeling_vift.vpgc_vift import instruction_positions, sample_ids
+from modeling_vift.publishing.fresh_process import run_python_without_vift
+from modeling_vift.remote_code.vpgc_vift import instruction_positions, sample_ids
+from modeling_vift.testing_utils import random_images, tiny_vift
 
 
 def _with_vpgc(model, layer=2, randomize=True, seed=0):

@@ -11,6 +11,7 @@ import numpy as np
 
 from modeling_vift.evaluation.scoring import score_demon
 
+
 _DESCRIPTION = """
 DEMON (demonstrative instruction following) scores. Texts are normalised (lower-case, punctuation stripped). A
 multi-choice prediction equal to an option picks it; otherwise the option with the highest TF-IDF cosine similarity

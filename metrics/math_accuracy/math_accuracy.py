@@ -9,6 +9,7 @@ import evaluate
 
 from modeling_vift.evaluation.scoring import ANSWER_TYPES, FREE_FORM, MULTI_CHOICE, aggregate, score_math
 
+
 _DESCRIPTION = """
 Accuracy of free-form model responses on math benchmarks. Each response is read by rules: a choice letter or choice
 text for multi-choice questions; for free-form questions the stated answer (\\boxed{}, "answer is", else the whole

@@ -3,18 +3,26 @@ LLaVA-Bench-style questions, with plain or fused generation, sharded over proces
 fusion settings.
 
 Not part of the remote-code bundle (nothing in modeling_vift's model files imports it); it may use numpy, datasets,
-evaluate, accelerate, tqdm and matplotlib. Entry points: `recipes/evaluate.py` and `recipes/sweep_fusion.py`.
+evaluate, accelerate, tqdm and matplotlib. Entry points: `recipes/evaluate_benchmark.py` and `recipes/sweep_fusion.py`.
 """
 
 from .benchmarks import BENCHMARKS, canonical_benchmark, load_benchmark
 from .demon import CATEGORIES as DEMON_CATEGORIES
 from .demon import load_demon
-from .extraction import AnswerExtractor, LLMJudgeExtractor, extract_choice, extract_letter, extract_number, parse_number
+from .extraction import (
+    AnswerExtractor,
+    LLMJudgeExtractor,
+    extract_choice,
+    extract_letter,
+    extract_number,
+    parse_number,
+)
 from .pipeline import EvalConfig, evaluate_benchmark, load_metric, load_model_and_processor, score_records
 from .runner import GenerationSettings, run_generation
 from .samples import DataError, EvalSample, LoadResult
 from .scoring import nearest_option, rouge_l, score_demon, score_math
 from .sweep import SweepConfig, apply_fusion_setting, run_fusion_sweep, write_fusion_setting
+
 
 __all__ = [
     "BENCHMARKS",

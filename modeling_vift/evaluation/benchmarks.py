@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import re
 
+from .extraction import LETTERS, parse_number
 from .samples import IMAGE_PLACEHOLDER, DataError, EvalSample, LoadResult, read_records, resolve_image
 from .scoring import FREE_FORM, MULTI_CHOICE
-from .extraction import LETTERS, parse_number
+
 
 MATHVISTA_ANSWER_TYPES = ("text", "integer", "float", "list")
 _IMAGE_TAG = re.compile(r"<image\d*>")

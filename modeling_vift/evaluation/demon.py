@@ -19,6 +19,7 @@ import re
 
 from .samples import IMAGE_PLACEHOLDER, EvalSample, LoadResult, resolve_image
 
+
 CATEGORIES = (
     "Multi-Modal Dialogue",
     "Visual Storytelling",

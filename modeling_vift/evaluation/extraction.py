@@ -17,6 +17,7 @@ import string
 from fractions import Fraction
 from typing import Callable, Protocol
 
+
 LETTERS = string.ascii_uppercase
 
 _BOXED = re.compile(r"\\boxed\s*\{")

@@ -10,8 +10,9 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from .benchmarks import canonical_benchmark, load_benchmark
-from .runner import GenerationSettings, merge_predictions, resolve_fusion_settings, run_generation
+from .runner import GenerationSettings, merge_predictions, run_generation, with_fusion_defaults
 from .summary import format_summary
+
 
 METRIC_OF = {"mathvista": "math_accuracy", "mathverse": "math_accuracy", "mathvision": "math_accuracy", "demon": "demon_score"}
 
@@ -163,9 +164,9 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
     """Runs one benchmark; returns `{"scores", "report", "stats", "summary"}` on the main process (None elsewhere).
 
     `model`/`processor` default to loading `config.model_name_or_path`."""
-    from .runner import _distributed_state
+    from .runner import distributed_state
 
-    state = state or _distributed_state()
+    state = state or distributed_state()
     benchmark = canonical_benchmark(config.benchmark)
     exclude = read_id_file(config.exclude_ids_file) if config.exclude_ids_file else None
     with state.main_process_first():  # a Hub dataset is downloaded once
@@ -178,7 +179,7 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
         if not config.model_name_or_path:
             raise ValueError("Give model_name_or_path (or pass model and processor).")
         model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype, device=state.device)
-    config.generation = resolve_fusion_settings(config.generation, model)
+    config.generation = with_fusion_defaults(config.generation, model)
     run_config = {
         "benchmark": benchmark, "model": str(config.model_name_or_path), "data_path": str(config.data_path),
         "split": config.split, "prompt_style": config.prompt_style, "query_field": config.query_field,
@@ -196,14 +197,14 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
     stats.update(num_records=len(loaded.samples) + len(loaded.skipped), num_samples=len(loaded.samples),
                  num_skipped=len(loaded.skipped), num_processes=state.num_processes)
     summary = format_summary(benchmark, scores, report, stats)
-    _write_json(os.path.join(config.output_dir, "scores.json"), {"benchmark": benchmark, "scores": scores, "stats": stats})
-    _write_json(os.path.join(config.output_dir, "report.json"), report)
+    write_json(os.path.join(config.output_dir, "scores.json"), {"benchmark": benchmark, "scores": scores, "stats": stats})
+    write_json(os.path.join(config.output_dir, "report.json"), report)
     with open(os.path.join(config.output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(summary + "\n")
     return {"scores": scores, "report": report, "stats": stats, "summary": summary}
 
 
-def _write_json(path, data):
+def write_json(path, data):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False, default=str)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
+from ..remote_code.configuration_vift import check_fusion_layers, check_fusion_weights
+from ..remote_code.fusion_vift import resolve_fusion_settings
 from .samples import IMAGE_PLACEHOLDER, open_image
 
 
@@ -37,15 +38,10 @@ class GenerationSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if int(self.max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        for name in ("fusion_alpha", "fusion_beta"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(float(value)):
-                raise ValueError(f"{name} must be a finite number, got {value}.")
+        # The model's layer count is not known here: the range is checked against it when generation starts.
+        self.fusion_alpha, self.fusion_beta = check_fusion_weights(self.fusion_alpha, self.fusion_beta)
         if self.fusion_layers is not None:
-            layers = list(self.fusion_layers)
-            if len(layers) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
-                raise ValueError(f"fusion_layers must be two integers [start, end), got {self.fusion_layers!r}.")
-            self.fusion_layers = layers
+            self.fusion_layers = list(check_fusion_layers(self.fusion_layers))
 
     def fusion_kwargs(self):
         """The keyword arguments of fused `generate` (only the ones given; the rest come from the model config)."""
@@ -61,25 +57,16 @@ class GenerationSettings:
         return kwargs
 
 
-def resolve_fusion_settings(settings, model):
+def with_fusion_defaults(settings, model):
     """The settings with the fusion values left unset filled from the model's generation config, else its config (as
     fused `generate` does), so that records and the resume check name the values actually used."""
     if not settings.fusion:
         return settings
-    from dataclasses import replace
-
-    def default(name):
-        value = getattr(getattr(model, "generation_config", None), name, None)
-        return value if value is not None else getattr(model.config, name, None)
-
-    alpha = settings.fusion_alpha if settings.fusion_alpha is not None else default("fusion_alpha")
-    beta = settings.fusion_beta if settings.fusion_beta is not None else default("fusion_beta")
-    layers = settings.fusion_layers if settings.fusion_layers is not None else default("fusion_layers")
-    return replace(settings, fusion_alpha=None if alpha is None else float(alpha), fusion_beta=None if beta is None else float(beta),
-                   fusion_layers=None if layers is None else [int(x) for x in layers])
+    alpha, beta, layers = resolve_fusion_settings(model, settings.fusion_alpha, settings.fusion_beta, settings.fusion_layers)
+    return replace(settings, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=list(layers))
 
 
-def _distributed_state():
+def distributed_state():
     """The process group set up by `accelerate launch` / `torchrun` (or a single process). Without CUDA the processes
     talk over gloo (CPU), which `PartialState` only does when told `cpu=True`."""
     import torch
@@ -250,7 +237,7 @@ def run_generation(model, processor, samples, output_dir, settings, run_config=N
 
     Returns a dict of counts for this process: `pending` (before the run, all processes), `generated` (here),
     `errors` (here), `resumed` (already done), `broken_lines` (discarded partial records), `seconds` (wall time)."""
-    state = state or _distributed_state()
+    state = state or distributed_state()
     start = time.perf_counter()
     run_config = json.loads(json.dumps(run_config or {}, default=str))  # compared as stored
     check_run_config(output_dir, run_config, overwrite=overwrite, write=False)  # every process fails alike
@@ -317,10 +304,6 @@ def merge_predictions(output_dir, samples):
     return ordered, missing
 
 
-def settings_dict(settings):
-    return asdict(settings)
-
-
 __all__ = [
     "GenerationSettings",
     "check_run_config",
@@ -329,6 +312,6 @@ __all__ = [
     "merge_predictions",
     "read_jsonl",
     "render_prompt",
-    "resolve_fusion_settings",
+    "with_fusion_defaults",
     "run_generation",
 ]

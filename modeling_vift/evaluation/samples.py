@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+
 IMAGE_PLACEHOLDER = "<image>"
 
 

@@ -16,15 +16,16 @@ import numpy as np
 
 from .extraction import (
     LETTERS,
+    answer_segment,
     extract_choice,
     extract_letter,
     extract_number,
     extract_number_list,
-    answer_segment,
     find_numbers,
     normalize_choice_text,
     parse_number,
 )
+
 
 MULTI_CHOICE = "multi_choice"
 FREE_FORM = "free_form"

@@ -15,8 +15,9 @@ import os
 import random
 from dataclasses import dataclass, field, replace
 
+from ..remote_code.configuration_vift import check_fusion_layers, fusion_setting
 from .benchmarks import canonical_benchmark, load_benchmark
-from .pipeline import _write_json, load_model_and_processor, primary_score, score_records
+from .pipeline import load_model_and_processor, primary_score, score_records, write_json
 from .runner import GenerationSettings, merge_predictions, run_generation
 
 
@@ -50,16 +51,6 @@ def _num_layers(model):
     return getattr(text, "num_hidden_layers", None) or getattr(config, "num_hidden_layers")
 
 
-def check_layer_range(layers, num_layers):
-    try:
-        start, end = (int(x) for x in layers)
-    except (TypeError, ValueError):
-        raise ValueError(f"A layer range must be a pair [start, end), got {layers!r}.") from None
-    if not 0 <= start < end <= num_layers:
-        raise ValueError(f"Layer range [{start}, {end}) is invalid for a language model with {num_layers} layers: it must satisfy 0 <= start < end <= {num_layers}.")
-    return [start, end]
-
-
 def _tag(alpha, beta, layers):
     return f"layers{layers[0]}-{layers[1]}_alpha{alpha:g}_beta{beta:g}"
 
@@ -75,9 +66,9 @@ def select_validation(samples, max_samples=None, seed=None):
 
 def run_fusion_sweep(config: SweepConfig, model=None, processor=None, state=None, dtype=None):
     """Runs the grid; returns the sweep result (settings, scores, best) on the main process, None elsewhere."""
-    from .runner import _distributed_state
+    from .runner import distributed_state
 
-    state = state or _distributed_state()
+    state = state or distributed_state()
     benchmark = canonical_benchmark(config.benchmark)
     if benchmark == "open_ended":
         raise ValueError("A fusion sweep needs a scored benchmark (mathvista, mathverse, mathvision or demon).")
@@ -95,7 +86,7 @@ def run_fusion_sweep(config: SweepConfig, model=None, processor=None, state=None
         model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype, device=state.device)
     num_layers = _num_layers(model)
     default_layers = list(getattr(model.config, "fusion_layers", None) or [num_layers // 2, num_layers])
-    layer_ranges = [check_layer_range(default_layers if r is None else r, num_layers) for r in config.layer_ranges]
+    layer_ranges = [list(check_fusion_layers(default_layers if r is None else r, num_layers)) for r in config.layer_ranges]
     alphas = [float(a) for a in config.alphas]
     betas = [float(b) for b in config.betas]
 
@@ -141,8 +132,8 @@ def run_fusion_sweep(config: SweepConfig, model=None, processor=None, state=None
                  "fusion_layers": best["fusion_layers"], "score": best["score"]},
     }
     os.makedirs(config.output_dir, exist_ok=True)
-    _write_json(os.path.join(config.output_dir, "sweep_results.json"), summary)
-    _write_json(os.path.join(config.output_dir, "best_fusion.json"), dict(summary["best"], benchmark=benchmark, metric=metric,
+    write_json(os.path.join(config.output_dir, "sweep_results.json"), summary)
+    write_json(os.path.join(config.output_dir, "best_fusion.json"), dict(summary["best"], benchmark=benchmark, metric=metric,
                                                                           baseline_score=summary["baseline_score"],
                                                                           num_validation_samples=len(samples)))
     with open(os.path.join(config.output_dir, "validation_ids.txt"), "w", encoding="utf-8") as f:
@@ -214,7 +205,7 @@ def _update_json(path, updates, create=False):
     else:
         raise FileNotFoundError(f"{path} does not exist.")
     data.update(updates)
-    _write_json(path, data)
+    write_json(path, data)
     return path
 
 
@@ -227,8 +218,7 @@ def write_fusion_setting(model_dir, setting, target="both"):
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     num_layers = (config.get("text_config") or {}).get("num_hidden_layers") or config.get("num_hidden_layers")
-    layers = check_layer_range(setting["fusion_layers"], num_layers) if num_layers else list(setting["fusion_layers"])
-    updates = {"fusion_alpha": float(setting["fusion_alpha"]), "fusion_beta": float(setting["fusion_beta"]), "fusion_layers": layers}
+    updates = fusion_setting(setting["fusion_alpha"], setting["fusion_beta"], setting["fusion_layers"], num_layers)
     written = []
     if target in ("config", "both"):
         written.append(_update_json(config_path, updates))
@@ -239,12 +229,11 @@ def write_fusion_setting(model_dir, setting, target="both"):
 
 def apply_fusion_setting(model, setting):
     """Sets the fusion defaults of a loaded model (config and generation config) to a sweep's best setting."""
-    layers = check_layer_range(setting["fusion_layers"], _num_layers(model))
+    updates = fusion_setting(setting["fusion_alpha"], setting["fusion_beta"], setting["fusion_layers"], _num_layers(model))
     for target in (model.config, getattr(model, "generation_config", None)):
         if target is not None:
-            target.fusion_alpha = float(setting["fusion_alpha"])
-            target.fusion_beta = float(setting["fusion_beta"])
-            target.fusion_layers = layers
+            for name, value in updates.items():
+                setattr(target, name, value)
     return model
 
 

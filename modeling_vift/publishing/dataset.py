@@ -2,7 +2,7 @@
 
 Input: the authors' conversation JSON files (one JSON list per file, or JSON Lines) and the image folder their
 `image` paths are relative to. Output: one dataset config per source, sharded Parquet files
-`<config>/train-XXXXX-of-YYYYY.parquet` with the columns shared with the training code (modeling_vift.data):
+`<config>/train-XXXXX-of-YYYYY.parquet` with the columns shared with the training code (modeling_vift.training.data):
 
 - `id` (string), `source` (string: the config name),
 - `messages`: TRL's conversational format, `[{"role", "content": [{"type": "text", "text"} | {"type": "image"}]}]`,
@@ -28,8 +28,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from .data import SampleError, conversations_to_messages, record_image_paths
-from .hub import PlannedFile, PublishError, check_repo_id, format_plan, format_size, upload_to_hub
+from ..training.data import SampleError, conversations_to_messages, record_image_paths
+from .upload import PlannedFile, PublishError, check_repo_id, format_plan, format_size, upload_to_hub
 
 
 class DatasetConversionError(ValueError):
@@ -57,7 +57,7 @@ MAX_SKIP_EXAMPLES = 5
 
 
 def dataset_features():
-    """The `datasets.Features` of every config (the schema shared with modeling_vift.data)."""
+    """The `datasets.Features` of every config (the schema shared with modeling_vift.training.data)."""
     from datasets import Features, Image, List, Value
 
     return Features(

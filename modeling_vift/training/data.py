@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 import yaml
 
+
 IMAGE_PLACEHOLDER = "<image>"
 
 # LLaVA/Bunny `from` values -> chat roles.
@@ -111,21 +112,11 @@ def conversations_to_messages(record, placeholder=IMAGE_PLACEHOLDER):
                 f"turn needs text and every other turn needs text or an image.",
             )
         messages.append({"role": role, "content": content})
-    check_messages(messages, len(record_image_paths(record)), record_id)
+    check_sample_messages(messages, len(record_image_paths(record)), record_id)
     return messages
 
 
-def count_image_items(messages):
-    return sum(
-        1
-        for m in messages
-        if not isinstance(m["content"], str)
-        for item in m["content"]
-        if item.get("type") == "image"
-    )
-
-
-def check_messages(messages, num_images, record_id=None, placeholder=IMAGE_PLACEHOLDER):
+def check_sample_messages(messages, num_images, record_id=None, placeholder=IMAGE_PLACEHOLDER):
     """Checks a conversation in TRL's format: known roles, ends on a non-empty assistant turn, and as many image
     items (or `<image>` placeholders in string contents) as images. Raises `SampleError`."""
     if not messages:
@@ -443,7 +434,7 @@ class DataSource:
             if not isinstance(messages, list):
                 raise SampleError("bad_turn", f"Record {record.get('id')!r}: `messages` must be a list.")
             refs = self._refs(record.get(self.image_column) if self.image_column else None)
-            check_messages(messages, len(refs), record.get("id"))
+            check_sample_messages(messages, len(refs), record.get("id"))
         return messages, refs
 
     @staticmethod
@@ -780,6 +771,6 @@ def _draw(rows, count, rng):
 
 __all__ = [
     "DataSource", "ImageLoadError", "MixtureConfig", "SampleError", "SampleTokenizer", "SkipReport", "SourceConfig",
-    "TrainingData", "build_training_data", "check_messages", "conversations_to_messages", "load_image",
+    "TrainingData", "build_training_data", "check_sample_messages", "conversations_to_messages", "load_image",
     "record_image_paths", "tokenize_source",
 ]

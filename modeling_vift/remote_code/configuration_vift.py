@@ -177,9 +177,7 @@ class ViFTConfig(PretrainedConfig):
         self.vpgc_layer = None if vpgc_layer is None else int(vpgc_layer)
         self.vpgc_hidden_size = vpgc_hidden_size
         self.vpgc_num_heads = int(vpgc_num_heads)
-        for name, value in (("fusion_alpha", self.fusion_alpha), ("fusion_beta", self.fusion_beta)):
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}.")
+        check_fusion_weights(self.fusion_alpha, self.fusion_beta)
 
         if tie_word_embeddings is None:
             tie_word_embeddings = getattr(self.text_config, "tie_word_embeddings", False)
@@ -198,8 +196,13 @@ def compute_image_seq_length(vision_config, vision_feature_select_strategy="defa
     """Tokens one image expands to: one per patch, plus the CLS token of towers that emit one when it is kept."""
     vision_config = vision_tower_config(vision_config)
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
-    has_cls = vision_config.model_type in _TOWERS_WITH_CLS_TOKEN
+    has_cls = tower_has_cls_token(vision_config)
     return patches + int(has_cls and vision_feature_select_strategy == "full")
+
+
+def tower_has_cls_token(vision_config):
+    """Whether the vision tower emits a CLS token before its patch tokens (CLIP, DINOv2, ViT; SigLIP does not)."""
+    return vision_tower_config(vision_config).model_type in _TOWERS_WITH_CLS_TOKEN
 
 
 def add_image_token(tokenizer, image_token="<image>"):
@@ -211,12 +214,34 @@ def add_image_token(tokenizer, image_token="<image>"):
     return tokenizer.convert_tokens_to_ids(image_token)
 
 
-def check_fusion_layers(fusion_layers, num_layers):
-    """Validates a half-open `[start, end)` layer range against a model of `num_layers` decoder layers."""
+def check_fusion_weights(fusion_alpha, fusion_beta):
+    """Validates the fusion weights (each a finite number, or None for "the default") and returns them as floats."""
+    checked = []
+    for name, value in (("fusion_alpha", fusion_alpha), ("fusion_beta", fusion_beta)):
+        if value is None:
+            checked.append(None)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be a finite number, got {value!r}: pass a real number such as 0.5.")
+        checked.append(number)
+    return tuple(checked)
+
+
+def check_fusion_layers(fusion_layers, num_layers=None):
+    """Validates a half-open `[start, end)` layer range against a model of `num_layers` decoder layers (with
+    `num_layers=None`, only that it is a pair of integers with 0 <= start < end)."""
     try:
         start, end = (int(x) for x in fusion_layers)
     except (TypeError, ValueError):
         raise ValueError(f"fusion_layers must be a pair [start, end), got {fusion_layers!r}.") from None
+    if num_layers is None:
+        if not 0 <= start < end:
+            raise ValueError(f"fusion_layers=[{start}, {end}) is invalid: it must satisfy 0 <= start < end.")
+        return start, end
     if not 0 <= start < end <= num_layers:
         raise ValueError(
             f"fusion_layers=[{start}, {end}) is invalid for a language model with {num_layers} layers: "
@@ -225,11 +250,21 @@ def check_fusion_layers(fusion_layers, num_layers):
     return start, end
 
 
+def fusion_setting(fusion_alpha, fusion_beta, fusion_layers, num_layers):
+    """The fusion defaults as stored in `config.json` and `generation_config.json` (the keys fused `generate` reads),
+    validated: the one way every writer of fusion defaults spells them."""
+    alpha, beta = check_fusion_weights(fusion_alpha, fusion_beta)
+    return {"fusion_alpha": alpha, "fusion_beta": beta, "fusion_layers": list(check_fusion_layers(fusion_layers, num_layers))}
+
+
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
     "ViFTConfig",
     "add_image_token",
     "check_fusion_layers",
+    "check_fusion_weights",
     "check_transformers_version",
     "compute_image_seq_length",
+    "fusion_setting",
+    "tower_has_cls_token",
 ]

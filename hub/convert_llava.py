@@ -1,7 +1,7 @@
 """Convert an existing checkpoint (the authors' Bunny format, or llava-hf LlavaForConditionalGeneration) into a ViFT
 folder that loads with trust_remote_code and supports fused generation.
 
-    python -m hub.convert SOURCE OUTPUT [--layout auto|bunny|llava] [--vision-tower PATH_OR_ID] \
+    python -m hub.convert_llava SOURCE OUTPUT [--layout auto|bunny|llava] [--vision-tower PATH_OR_ID] \
         [--language-model PATH] [--dtype bfloat16] [--max-shard-size 5GB] [--chat-template FILE] \
         [--fusion-layers START END] [--fusion-alpha A] [--fusion-beta B] [--compare] [--overwrite]
 
@@ -16,11 +16,11 @@ import sys
 
 import torch
 
-from modeling_vift.convert import ConversionError, compare_with_llava, convert_checkpoint
+from modeling_vift.conversion import ConversionError, compare_with_llava, convert_checkpoint
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hub.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hub.convert_llava", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="the checkpoint folder to convert")
     parser.add_argument("output", help="the ViFT folder to write (must not exist or be empty)")
     parser.add_argument("--layout", choices=["auto", "bunny", "llava"], default="auto")

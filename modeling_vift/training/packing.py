@@ -16,6 +16,7 @@ import torch
 
 from .data import ImageLoadError, SkipReport
 
+
 logger = logging.getLogger(__name__)
 
 SKIPS_KEY = "vift_skips"
@@ -55,15 +56,14 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
 
 
 def register_packed_sdpa():
-    """Registers `attn_implementation="vift_packed_sdpa"` with transformers (masks as for SDPA)."""
+    """Registers `attn_implementation="vift_packed_sdpa"` with transformers (masks as for SDPA). Call it before
+    loading or switching a model to that implementation; registering again is harmless."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
     AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
 
-
-register_packed_sdpa()
 
 
 class _CapacityTree:
@@ -323,8 +323,7 @@ class ViFTDataCollator:
         for group in groups:
             ids = np.concatenate([s[0] for s in group])
             lab = np.concatenate([s[1] for s in group])
-            pos = np.concatenate([np.arange(len(s[0])) for s in group])
-            rows.append((ids, lab, pos))
+            rows.append((ids, lab))
         if any(len(group) > 1 for group in groups):
             raise ValueError(
                 "padding_free=False needs one sample per row (packing=False): packed rows hold several samples that "
@@ -336,7 +335,7 @@ class ViFTDataCollator:
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, lab, _) in enumerate(rows):
+        for i, (ids, lab) in enumerate(rows):
             input_ids[i, : len(ids)] = torch.from_numpy(ids)
             labels[i, : len(ids)] = torch.from_numpy(lab)
             attention_mask[i, : len(ids)] = 1

@@ -1,4 +1,4 @@
-"""Convert existing vision-language checkpoints into ViFT folders (`python -m hub.convert`).
+"""Convert existing vision-language checkpoints into ViFT folders (`python -m hub.convert_llava`).
 
 Two source layouts are understood:
 
@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .configuration_vift import (
-    _TOWERS_WITH_CLS_TOKEN,
+from ..remote_code.configuration_vift import (
     ViFTConfig,
     add_image_token,
     compute_image_seq_length,
+    tower_has_cls_token,
     vision_tower_config,
 )
-from .modeling_vift import ViFTForConditionalGeneration
-from .processing_vift import ViFTProcessor
+from ..remote_code.modeling_vift import ViFTForConditionalGeneration
+from ..remote_code.processing_vift import ViFTProcessor
 
 
 class ConversionError(ValueError):
@@ -187,7 +187,7 @@ def plan_llava(source, chat_template=None, **config_overrides):
     """The plan for a llava-hf `LlavaForConditionalGeneration` folder."""
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-    from .processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
+    from ..remote_code.processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
 
     _read_json(os.path.join(source, "config.json"))
     files = weight_files(source)
@@ -201,7 +201,7 @@ def plan_llava(source, chat_template=None, **config_overrides):
         )
     strategy = llava.vision_feature_select_strategy
     image_seq_length = compute_image_seq_length(vision_config, strategy)
-    if strategy == "default" and vision_config.model_type not in _TOWERS_WITH_CLS_TOKEN:
+    if strategy == "default" and not tower_has_cls_token(vision_config):
         raise ConversionError(
             f"vision_feature_select_strategy='default' with a {vision_config.model_type} tower: LLaVA drops the first "
             f"position as if it were a CLS token, but this tower has none, and ViFT keeps every patch. Such a "
@@ -276,7 +276,7 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
     when the checkpoint holds only the projector (`mm_projector.bin`, stage-1 output)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
+    from ..remote_code.processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
 
     bunny = _read_json(os.path.join(source, "config.json"))
     model_type = bunny.get("model_type", "")
@@ -585,7 +585,7 @@ def convert_checkpoint(
     `dtype` (`torch.dtype`, optional) casts floating tensors (default: kept as stored). `config_overrides` go to
     `ViFTConfig` (e.g. `fusion_layers=[14, 28]`, `fusion_alpha=...`). Raises `ConversionError` before writing anything
     when the source is incomplete or does not match its config."""
-    from .hub import build_generation_config
+    from ..publishing.model import build_generation_config
 
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ConversionError(

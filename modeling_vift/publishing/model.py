@@ -23,16 +23,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from dataclasses import dataclass
 
+from ..remote_code.configuration_vift import fusion_setting
+from .fresh_process import run_python_without_vift
+from .upload import PlannedFile, PublishError, check_repo_id, format_plan, materialize, read_json, upload_to_hub
 
-class PublishError(ValueError):
-    """A folder or an option that cannot be published; the message says what is wrong and what to do."""
-
-
-# Folders above these sizes go through the large-folder upload (several commits, resumable).
-LARGE_FOLDER_FILES = 100
-LARGE_FOLDER_BYTES = 50 * 2**30
 
 PAPER = "https://arxiv.org/abs/2502.11427"
 DEFAULT_TAGS = ("vift", "vision-language", "multimodal", "ability-fused-inference")
@@ -59,125 +54,7 @@ REMOTE_CODE_PACKAGES = ("torch", "transformers", "huggingface_hub", "safetensors
 _GENERATED = ("README.md", "generation_config.json")
 
 
-# --------------------------------------------------------------------------------------------------- shared helpers
-
-
-def check_repo_id(repo_id, kind="model"):
-    """Raises `PublishError` unless `repo_id` has the form `namespace/name` with Hub-valid characters."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    example = "my-org/vift-7b" if kind == "model" else "my-org/vift-data"
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise PublishError(
-            f"Repo id {repo_id!r} has the wrong form: expected 'namespace/name' (a user or organisation, a slash, the "
-            f"repository name), e.g. {example!r}."
-        )
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise PublishError(
-            f"Repo id {repo_id!r} is not valid: each part may use letters, digits, '-', '_' and '.', must not start or "
-            f"end with '-' or '.', and the whole id is at most 96 characters, e.g. {example!r}."
-        ) from None
-    return repo_id
-
-
-@dataclass
-class PlannedFile:
-    """One file of a repository: copied from `source` or generated (`content`)."""
-
-    path_in_repo: str
-    size: int
-    origin: str
-    source: str | None = None
-    content: bytes | None = None
-
-
-def format_size(num_bytes):
-    value = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-
-
-def format_plan(files, repo_id, repo_type, private, revision, left_out=()):
-    total = sum(f.size for f in files)
-    lines = [
-        f"Repository: {repo_id} ({repo_type}, {'private' if private else 'public'}, revision {revision or 'main'})",
-        f"Files ({len(files)}, {format_size(total)} in all):",
-    ]
-    width = max((len(f.path_in_repo) for f in files), default=10)
-    for f in sorted(files, key=lambda f: f.path_in_repo):
-        lines.append(f"  {f.path_in_repo:<{width}}  {format_size(f.size):>9}  {f.origin}")
-    if left_out:
-        shown = ", ".join(sorted(left_out)[:20]) + (", ..." if len(left_out) > 20 else "")
-        lines.append(f"Left out ({len(left_out)}; not part of a {repo_type} repository): {shown}")
-    return "\n".join(lines)
-
-
-def materialize(files, directory, link=True):
-    """Writes the planned files into `directory` laid out as in the repository (hard links where possible)."""
-    os.makedirs(directory, exist_ok=True)
-    for f in files:
-        target = os.path.join(directory, f.path_in_repo)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.lexists(target):
-            os.remove(target)
-        if f.content is not None:
-            with open(target, "wb") as out:
-                out.write(f.content)
-        elif link:
-            try:
-                os.link(f.source, target)
-            except OSError:
-                shutil.copy2(f.source, target)
-        else:
-            shutil.copy2(f.source, target)
-    return directory
-
-
-def is_large_folder(files):
-    return len(files) > LARGE_FOLDER_FILES or sum(f.size for f in files) > LARGE_FOLDER_BYTES
-
-
-def upload_to_hub(api, folder, files, repo_id, repo_type, private=False, revision=None, commit_message=None):
-    """Creates the repository (and the branch `revision`), then uploads `files` (laid out in `folder`): one commit, or
-    the large-folder upload for big folders. Returns what huggingface_hub returned."""
-    from huggingface_hub import CommitOperationAdd
-
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    paths = sorted(f.path_in_repo for f in files)
-    if is_large_folder(files):
-        if hasattr(api, "upload_large_folder"):
-            return api.upload_large_folder(
-                repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision, private=private,
-                allow_patterns=paths,
-            )
-        # huggingface_hub 2.x folded the large-folder upload into upload_folder (batched, resumable commits).
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=revision,
-            commit_message=commit_message, allow_patterns=paths,
-        )
-    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=os.path.join(folder, p)) for p in paths]
-    return api.create_commit(
-        repo_id, operations=operations, commit_message=commit_message, repo_type=repo_type, revision=revision
-    )
-
-
 # --------------------------------------------------------------------------------------------------- checkpoint
-
-
-def _read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise PublishError(f"{what} is missing: {path}.") from None
-    except json.JSONDecodeError as e:
-        raise PublishError(f"{what} is not valid JSON ({path}: {e}).") from None
 
 
 def _relative_imports(path):
@@ -238,11 +115,11 @@ def check_checkpoint(folder):
     paths) of the files to publish from it. Raises `PublishError` listing what is missing."""
     if not os.path.isdir(folder):
         raise PublishError(f"The checkpoint folder {folder!r} does not exist.")
-    config = _read_json(os.path.join(folder, "config.json"), "The model config (config.json)")
+    config = read_json(os.path.join(folder, "config.json"), "The model config (config.json)")
     if config.get("model_type") != "vift":
         raise PublishError(
             f"{folder}/config.json has model_type {config.get('model_type')!r}, not 'vift'. Convert LLaVA/Bunny "
-            f"checkpoints first with `python -m hub.convert`."
+            f"checkpoints first with `python -m hub.convert_llava`."
         )
     auto_map = config.get("auto_map") or {}
     needed = {"AutoConfig", "AutoModel"}
@@ -256,7 +133,7 @@ def check_checkpoint(folder):
     names = _list_files(folder)
     safetensors = [n for n in names if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", n)]
     if "model.safetensors.index.json" in names:
-        index = _read_json(os.path.join(folder, "model.safetensors.index.json"), "The weights index")
+        index = read_json(os.path.join(folder, "model.safetensors.index.json"), "The weights index")
         shards = sorted(set((index.get("weight_map") or {}).values()))
         absent = [s for s in shards if s not in names]
         if not shards or absent:
@@ -268,7 +145,7 @@ def check_checkpoint(folder):
             + (" — the folder has PyTorch .bin weights: re-save with model.save_pretrained(...)" if bins else "")
         )
     processor_path = os.path.join(folder, "processor_config.json")
-    processor = _read_json(processor_path, "The processor config (processor_config.json)") if os.path.exists(processor_path) else None
+    processor = read_json(processor_path, "The processor config (processor_config.json)") if os.path.exists(processor_path) else None
     if processor is None:
         problems.append("processor_config.json (save the processor with processor.save_pretrained(folder))")
     if not {"tokenizer_config.json"} <= set(names) or not ({"tokenizer.json", "tokenizer.model", "vocab.json"} & set(names)):
@@ -313,10 +190,10 @@ def build_generation_config(config, existing=None, tokenizer=None, fusion_by_def
             if value is not None:
                 setattr(generation, attr, value)
     get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
-    for name in ("fusion_alpha", "fusion_beta", "fusion_layers"):
+    defaults = fusion_setting(get("fusion_alpha"), get("fusion_beta"), get("fusion_layers"), text_config.get("num_hidden_layers"))
+    for name, value in defaults.items():
         if getattr(generation, name, None) is None:
-            value = get(name)
-            setattr(generation, name, list(value) if name == "fusion_layers" else float(value))
+            setattr(generation, name, value)
     if fusion_by_default:
         generation.fusion = True
     return generation
@@ -445,7 +322,7 @@ def plan_model_upload(checkpoint, repo_id, base_models=None, license="apache-2.0
     for base in base_models:
         check_repo_id(base, "model")
     existing_path = os.path.join(checkpoint, "generation_config.json")
-    existing = _read_json(existing_path, "generation_config.json") if os.path.exists(existing_path) else None
+    existing = read_json(existing_path, "generation_config.json") if os.path.exists(existing_path) else None
     generation = build_generation_config(config, existing, fusion_by_default=fusion_by_default).to_diff_dict()
     generation_bytes = (json.dumps(generation, indent=2, sort_keys=True) + "\n").encode()
     card = render_model_card(config, repo_id, base_models, license, datasets, tags, generation)
@@ -464,16 +341,7 @@ def plan_model_upload(checkpoint, repo_id, base_models=None, license="apache-2.0
 # --------------------------------------------------------------------------------------------------- verification
 
 _VERIFY_SCRIPT = r"""
-import importlib.abc, inspect, json, sys
-
-class _HideInstalledPackage(importlib.abc.MetaPathFinder):
-    # The folder must load from its own remote code, not from an installed vift package.
-    def find_spec(self, name, path=None, target=None):
-        if name == "modeling_vift" or name.startswith("modeling_vift."):
-            raise ImportError("the vift package is hidden while verifying a folder")
-        return None
-
-sys.meta_path.insert(0, _HideInstalledPackage())
+import inspect, json, sys
 
 import torch
 from PIL import Image
@@ -503,15 +371,9 @@ print("VIFT_VERIFY_RESULT " + json.dumps(result))
 def verify_folder(folder, timeout=1800):
     """Loads `folder` with `trust_remote_code=True` in a fresh Python process (offline, with the installed vift package
     hidden) and generates with it, plainly and fused. Returns the result dict; raises `PublishError` if it fails."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("HF_TOKEN", None)
     with tempfile.TemporaryDirectory() as cwd:
-        env["HF_MODULES_CACHE"] = os.path.join(cwd, "modules")  # a fresh remote-code cache: the folder's own files
         try:
-            done = subprocess.run(
-                [sys.executable, "-c", _VERIFY_SCRIPT, os.path.abspath(folder)],
-                cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-            )
+            done = run_python_without_vift(_VERIFY_SCRIPT, cwd, args=[os.path.abspath(folder)], timeout=timeout)
         except subprocess.TimeoutExpired:
             raise PublishError(
                 f"Loading and generating with {folder!r} took longer than {timeout} s; not uploading."

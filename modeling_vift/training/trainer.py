@@ -22,7 +22,16 @@ import torch
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from .data import MixtureConfig, SkipReport, build_training_data
-from .packing import PACKED_SDPA, SKIPS_KEY, ViFTDataCollator, fill_ratio, merge_skips, packed_rows_dataset
+from .packing import (
+    PACKED_SDPA,
+    SKIPS_KEY,
+    ViFTDataCollator,
+    fill_ratio,
+    merge_skips,
+    packed_rows_dataset,
+    register_packed_sdpa,
+)
+
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +116,11 @@ def _dtype(name):
     return getattr(torch, name)
 
 
-def load_model_and_processor(script_args, model_args, stage):
+def load_stage_model_and_processor(script_args, model_args, stage):
     """A ViFT model and processor: from a ViFT checkpoint, or from a vision tower and a language model."""
-    from . import ViFTForConditionalGeneration, ViFTProcessor
+    from .. import ViFTForConditionalGeneration, ViFTProcessor
 
+    register_packed_sdpa()  # so that attn_implementation="vift_packed_sdpa" names a registered implementation
     if model_args.model_name_or_path is None:
         raise ValueError("Set `model_name_or_path` (a ViFT checkpoint, or the language model with "
                          "`vision_tower_name_or_path`).")
@@ -130,7 +140,7 @@ def load_model_and_processor(script_args, model_args, stage):
         if dtype is not None:
             kwargs["dtype"] = dtype
         if getattr(script_args, "vpgc_layer", None) is not None:
-            from . import ViFTConfig
+            from .. import ViFTConfig
 
             config = ViFTConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
             config = ViFTConfig.from_dict({
@@ -250,7 +260,7 @@ class ViFTSFTTrainer(SFTTrainer):
         training_args = kwargs.get("args")
         if training_args is not None and (training_args.remove_unused_columns or not (
                 training_args.dataset_kwargs or {}).get("skip_prepare_dataset")):
-            raise ValueError("ViFTSFTTrainer takes a dataset built by modeling_vift.packing: call "
+            raise ValueError("ViFTSFTTrainer takes a dataset built by modeling_vift.training.packing: call "
                              "modeling_vift.training.prepare_sft_config(args) first (it sets remove_unused_columns="
                              "False and dataset_kwargs.skip_prepare_dataset=True).")
         super().__init__(*args, **kwargs)
@@ -318,7 +328,7 @@ def build_trainer(stage, script_args, training_args, model_args):
     if padding_free and model_args.attn_implementation is None:
         model_args.attn_implementation = PACKED_SDPA
         logger.info("Padding-free batches: attention runs sample by sample (attn_implementation=%s).", PACKED_SDPA)
-    model, processor = load_model_and_processor(script_args, model_args, stage)
+    model, processor = load_stage_model_and_processor(script_args, model_args, stage)
     template = script_args.template or ("plain" if stage == 1 else "chat")
     mixture = MixtureConfig.from_value(script_args.dataset_mixture)
 
@@ -414,5 +424,5 @@ def run(stage, args=None):
 
 __all__ = [
     "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
-    "load_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
+    "load_stage_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
 ]

@@ -23,12 +23,11 @@ call, never to a class, so two models in one process never see each other's vect
 This file is part of the remote-code bundle: it imports only torch and its siblings.
 """
 
-import math
 from contextlib import contextmanager
 
 import torch
 
-from .configuration_vift import check_fusion_layers
+from .configuration_vift import check_fusion_layers, check_fusion_weights
 
 
 class _CaptureComplete(Exception):
@@ -136,15 +135,9 @@ def resolve_fusion_settings(model, fusion_alpha, fusion_beta, fusion_layers):
     alpha = cfg.fusion_alpha if alpha is None else alpha
     beta = cfg.fusion_beta if beta is None else beta
     layers = cfg.fusion_layers if layers is None else layers
-    for name, value in (("fusion_alpha", alpha), ("fusion_beta", beta)):
-        try:
-            finite = math.isfinite(float(value))
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
-            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    alpha, beta = check_fusion_weights(alpha, beta)
     layers = check_fusion_layers(layers, cfg.text_config.num_hidden_layers)
-    return float(alpha), float(beta), layers
+    return alpha, beta, layers
 
 
 def _check_left_padded(mask, name):

@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
-from .fusion_vift import decoder_layers, explain_fusion, fused_generate
+from .fusion_vift import decoder_layers, derive_text_only_prompt, explain_fusion, fused_generate
 from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_positions, sample_ids
 
 
@@ -548,8 +548,6 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
     def explain_fusion(self, input_ids, attention_mask=None, text_input_ids=None, text_attention_mask=None, tokenizer=None):
         """For each prompt, the multimodal positions that fused generation steers and the text-only tokens they are
         aligned with (see `fusion_vift.explain_fusion`). Without `text_input_ids`, q is derived as `generate` does."""
-        from .fusion_vift import derive_text_only_prompt
-
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if text_input_ids is None:

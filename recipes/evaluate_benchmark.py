@@ -1,14 +1,14 @@
 """Evaluate a ViFT model on MathVista, MathVerse, MathVision, DEMON or LLaVA-Bench-style open-ended questions.
 
 One process:
-    python -m recipes.evaluate --config recipes/eval_mathvista.yaml --model_name_or_path path/to/vift
+    python -m recipes.evaluate_benchmark --config recipes/eval_mathvista.yaml --model_name_or_path path/to/vift
 
 Several processes (each generates a shard; the main process merges and scores once):
-    accelerate launch --num_processes 8 -m recipes.evaluate --config recipes/eval_mathvista.yaml \
+    accelerate launch --num_processes 8 -m recipes.evaluate_benchmark --config recipes/eval_mathvista.yaml \
         --model_name_or_path path/to/vift
 
 Fused generation with explicit settings (defaults: the model config's fusion_alpha / fusion_beta / fusion_layers):
-    python -m recipes.evaluate --config recipes/eval_mathverse.yaml --model_name_or_path path/to/vift \
+    python -m recipes.evaluate_benchmark --config recipes/eval_mathverse.yaml --model_name_or_path path/to/vift \
         --fusion true --fusion_alpha 1.0 --fusion_beta 0.5 --fusion_layers 14:28
 
 An interrupted run resumes when started again with the same output_dir (`--overwrite true` starts afresh).
@@ -19,8 +19,9 @@ summary.md (also printed), and answers.jsonl (LLaVA format) for open-ended quest
 import os
 import sys
 
+
 if __name__ == "__main__" and not __package__:  # run as a file, `import evaluate` would find this file
-    sys.exit("Run the recipe from the repository root as a module: python -m recipes.evaluate --config ...")
+    sys.exit("Run the recipe from the repository root as a module: python -m recipes.evaluate_benchmark --config ...")
 
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,6 +29,7 @@ from typing import Optional
 from trl import TrlParser
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, LLMJudgeExtractor, evaluate_benchmark
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
