@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
 from .fusion_vift import decoder_layers, explain_fusion, fused_generate
-from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_positions, sample_ids
+from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_columns, sample_ids
 
 
 # The KV cache's name is owned by transformers: `past_key_values` up to 5.23, `cache` from 5.24 on (in every output
@@ -135,7 +135,7 @@ class ViFTModel(ViFTPreTrainedModel):
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[:2] != step["image_mask"].shape:
             return None  # not the forward the step was prepared for (e.g. a decoding step)
-        updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["segments"], step["positions"])
+        updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["instruction_cols"])
         return ((updated,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": updated})
 
     def get_input_embeddings(self):
@@ -281,8 +281,8 @@ class ViFTModel(ViFTPreTrainedModel):
                 "image_patch_features together with image_features."
             )
         segments = sample_ids(position_ids, attention_mask, image_mask.shape).to(image_mask.device)
-        positions = instruction_positions(image_mask, segments, labels, attention_mask)
-        return {"image_mask": image_mask, "patch_features": patch_features, "segments": segments, "positions": positions}
+        columns = instruction_columns(image_mask, segments, labels, attention_mask)
+        return {"image_mask": image_mask, "patch_features": patch_features, "instruction_cols": columns}
 
     def _check_token_ids(self, input_ids):
         if input_ids.numel() == 0:
