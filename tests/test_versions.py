@@ -6,9 +6,14 @@ import re
 import pytest
 import transformers
 
-from modeling_vift.remote_code.configuration_vift import ALLOW_UNTESTED_ENV, SUPPORTED_TRANSFORMERS, check_transformers_version
 from modeling_vift.publishing.fresh_process import run_python_without_vift
+from modeling_vift.remote_code.configuration_vift import (
+    ALLOW_UNTESTED_ENV,
+    SUPPORTED_TRANSFORMERS,
+    check_transformers_version,
+)
 from modeling_vift.testing_utils import tiny_vift
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -187,7 +187,9 @@ def plan_llava(source, chat_template=None, **config_overrides):
     """The plan for a llava-hf `LlavaForConditionalGeneration` folder."""
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-    from ..remote_code.processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
+    from ..remote_code.processing_vift import (
+        AutoImageProcessor,  # the import that works without torchvision on transformers 5.17
+    )
 
     _read_json(os.path.join(source, "config.json"))
     files = weight_files(source)
@@ -276,7 +278,9 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
     when the checkpoint holds only the projector (`mm_projector.bin`, stage-1 output)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..remote_code.processing_vift import AutoImageProcessor  # the import that works without torchvision on transformers 5.17
+    from ..remote_code.processing_vift import (
+        AutoImageProcessor,  # the import that works without torchvision on transformers 5.17
+    )
 
     bunny = _read_json(os.path.join(source, "config.json"))
     model_type = bunny.get("model_type", "")

@@ -177,9 +177,11 @@ def fusion_deltas(model, input_ids, attention_mask, text_input_ids, text_attenti
 
 
 @contextmanager
-def steering(model, deltas, tail, prompt_length, batch_size):
-    """Adds `deltas[l]` to the last `tail` positions of the input of layer l on the first (prefill) call of each
-    steered layer; later calls (decoding steps) pass through. Hooks are removed on exit, also on error."""
+def steering(model, deltas, tail, prompt_length, batch_size, use_cache=True):
+    """Adds `deltas[l]` to the prompt's last `tail` positions (columns `[prompt_length - tail, prompt_length)`) of the
+    input of layer l in every forward that computes the prompt: with a cache only the first (prefill) call of each
+    steered layer, whose decoding steps then read the steered prompt from the cache; without a cache every call, as
+    each step recomputes the whole prompt (the same answer as with a cache). Hooks are removed on exit, also on error."""
     layers = decoder_layers(model.model.language_model)
     handles = []
 
@@ -187,11 +189,12 @@ def steering(model, deltas, tail, prompt_length, batch_size):
         state = {"prefill_done": False}
 
         def hook(module, args, kwargs):
-            if state["prefill_done"]:
+            if state["prefill_done"] and use_cache:
                 return None
             state["prefill_done"] = True
             hidden = _hidden_states_of(args, kwargs)
-            if hidden.shape[1] != prompt_length or hidden.shape[0] % batch_size:
+            computes_prompt = hidden.shape[1] == prompt_length or (not use_cache and hidden.shape[1] > prompt_length)
+            if not computes_prompt or hidden.shape[0] % batch_size:
                 raise RuntimeError(
                     f"Fused generation expected the prefill of layer {index} to see {batch_size}(xN) rows of "
                     f"{prompt_length} positions, got {tuple(hidden.shape[:2])}: chunked prefill and assisted "
@@ -202,7 +205,8 @@ def steering(model, deltas, tail, prompt_length, batch_size):
                 step = step.repeat_interleave(hidden.shape[0] // batch_size, dim=0)
             step = step.to(device=hidden.device, dtype=torch.float32)
             steered = hidden.clone()
-            steered[:, -tail:] = (hidden[:, -tail:].float() + step).to(hidden.dtype)
+            start = prompt_length - tail
+            steered[:, start:prompt_length] = (hidden[:, start:prompt_length].float() + step).to(hidden.dtype)
             return _with_hidden_states(args, kwargs, steered)
 
         return hook
@@ -267,7 +271,11 @@ def fused_generate(model, generate_fn, input_ids=None, attention_mask=None, pixe
         model, input_ids, attention_mask, text_input_ids, text_attention_mask, image_features, alpha, beta, layer_range,
         image_patch_features=image_patch_features,
     )
-    with steering(model, deltas, tail, prompt_length=input_ids.shape[1], batch_size=input_ids.shape[0]):
+    config = generate_kwargs.get("generation_config") or model.generation_config
+    use_cache = generate_kwargs.get("use_cache", getattr(config, "use_cache", True))
+    use_cache = True if use_cache is None else bool(use_cache)
+    with steering(model, deltas, tail, prompt_length=input_ids.shape[1], batch_size=input_ids.shape[0],
+                  use_cache=use_cache):
         return generate_fn(input_ids=input_ids, attention_mask=attention_mask, **image_inputs, **generate_kwargs)
 
 

@@ -16,11 +16,12 @@ from torch import nn
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils import torch_compilable_check
 
 from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
 from .fusion_vift import decoder_layers, derive_text_only_prompt, explain_fusion, fused_generate
-from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_positions, sample_ids
+from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_columns, sample_ids
 
 
 # The KV cache's name is owned by transformers: `past_key_values` up to 5.23, `cache` from 5.24 on (in every output
@@ -40,6 +41,46 @@ def take_cache(past_key_values, kwargs):
 def cache_of(outputs):
     """The KV cache of a model output, whichever name the running transformers gives it."""
     return getattr(outputs, CACHE_NAME, None)
+
+
+def nothing_cached(cache, new_tokens):
+    """Whether a forward starts at the beginning of its sequences (no token of them cached), i.e. it is a prompt's
+    forward. A dynamic cache's length is a Python int; a static cache keeps its length on the device, so there a
+    one-token forward (a decoding step) counts as cached and only longer forwards read the length back, once."""
+    if cache is None:
+        return True
+    seen = cache.get_seq_length()
+    if not isinstance(seen, torch.Tensor):
+        return seen == 0
+    if new_tokens == 1 or torch.compiler.is_compiling():
+        return False
+    return bool(seen == 0)
+
+
+def supported_positions(text_config):
+    """The longest sequence the language model supports, or None for no bound.
+
+    `max_position_embeddings`, stretched by a RoPE scaling that extends the context (linear, YaRN, LongRoPE,
+    Llama 3: `factor` x the original length); dynamic NTK scaling rescales as the sequence grows, so it has no bound.
+    Reads `rope_parameters` (transformers 5) or the older `rope_scaling`, flat or per layer type."""
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    if not max_positions:
+        return None
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    per_layer_type = not ("rope_type" in rope or "type" in rope)
+    bound = max_positions
+    for params in [v for v in rope.values() if isinstance(v, dict)] if per_layer_type else [rope]:
+        kind = params.get("rope_type", params.get("type", "default"))
+        if kind == "dynamic":
+            return None
+        if kind != "default" and params.get("factor"):
+            original = params.get("original_max_position_embeddings") or max_positions
+            bound = max(bound, int(params["factor"] * original))
+    return bound
+
+
+def resolve_return_dict(config, return_dict):
+    return getattr(config, "return_dict", True) if return_dict is None else return_dict
 
 
 @dataclass
@@ -93,7 +134,7 @@ class ViFTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
 
     def _init_weights(self, module):
         if isinstance(module, ViFTMultiModalProjector):
@@ -108,6 +149,17 @@ class ViFTPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
         else:
             super()._init_weights(module)
+
+    def initialize_weights(self):
+        """transformers' weight initialisation, with every transformers tower (vision tower, language model)
+        initialised first by its own `initialize_weights`, as it would be on its own. (For custom-code models
+        transformers marks a module without direct parameters as initialised, so CLIP / SigLIP attention would
+        otherwise get the generic Linear init instead of their own, e.g. when a checkpoint misses those keys.)
+        Weights already loaded are kept: both passes skip what is marked initialised."""
+        for module in self.modules():
+            if module is not self and isinstance(module, PreTrainedModel) and not module.is_custom_code():
+                module.initialize_weights()
+        super().initialize_weights()
 
 
 class ViFTModel(ViFTPreTrainedModel):
@@ -135,7 +187,7 @@ class ViFTModel(ViFTPreTrainedModel):
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[:2] != step["image_mask"].shape:
             return None  # not the forward the step was prepared for (e.g. a decoding step)
-        updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["segments"], step["positions"])
+        updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["instruction_cols"])
         return ((updated,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": updated})
 
     def get_input_embeddings(self):
@@ -144,14 +196,34 @@ class ViFTModel(ViFTPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
-        """Runs the vision tower and the projector: `(num_images, C, H, W)` -> `(num_images, tokens, hidden)`."""
-        return self.multi_modal_projector(
-            self.get_patch_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+    def get_image_features(
+        self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, output_hidden_states=None,
+        output_attentions=None, return_dict=None, **kwargs,
+    ):
+        """Runs the vision tower and the projector, as transformers' `get_image_features` contract says: returns a
+        `BaseModelOutputWithPooling` whose `pooler_output` holds the projected features `(num_images, tokens, hidden)`,
+        `last_hidden_state` the tower's last hidden state, and `hidden_states` / `attentions` the tower's when asked
+        for (`output_hidden_states` / `output_attentions`); a tuple of those with `return_dict=False`."""
+        tower_outputs, patch_features = self._vision_tower_outputs(
+            pixel_values, vision_feature_layer, vision_feature_select_strategy, output_attentions=output_attentions,
+            **kwargs,
         )
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        outputs = BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=self.multi_modal_projector(patch_features),
+            hidden_states=tower_outputs.hidden_states if output_hidden_states else None,
+            attentions=tower_outputs.attentions if output_attentions else None,
+        )
+        return outputs if resolve_return_dict(self.config, return_dict) else outputs.to_tuple()
 
     def get_patch_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
         """The vision tower's selected patch features, before the projector: `(num_images, tokens, vision_hidden)`."""
+        return self._vision_tower_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy)[1]
+
+    def _vision_tower_outputs(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
+        """The vision tower's outputs and its selected patch features."""
         vision_feature_layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         num_layers = self.config.vision_config.num_hidden_layers
@@ -172,12 +244,13 @@ class ViFTModel(ViFTPreTrainedModel):
                 f"{expected} (channels, height, width): prepare images with the model's processor."
             )
         tower_dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        kwargs = {name: value for name, value in kwargs.items() if value is not None}
+        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True, **kwargs)
         features = outputs.hidden_states[vision_feature_layer]
         patches = (self.config.vision_config.image_size // self.config.vision_config.patch_size) ** 2
         if strategy == "default" and features.shape[1] == patches + 1:
             features = features[:, 1:]
-        return features
+        return outputs, features
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
         """Boolean mask of the `<image>` positions; checks there is exactly one per image feature vector."""
@@ -190,15 +263,18 @@ class ViFTModel(ViFTPreTrainedModel):
             mask = (inputs_embeds == image_embed).all(-1)
         else:
             mask = input_ids == self.config.image_token_id
-        n_tokens = int(mask.sum())
+        n_tokens = mask.sum()
         n_images, tokens_per_image = image_features.shape[:2]
-        if n_tokens != n_images * tokens_per_image:
-            raise ValueError(
-                f"The prompts hold {n_tokens} image tokens but {n_images} image(s) of {tokens_per_image} tokens each "
-                f"were given ({n_images * tokens_per_image} tokens expected). Each <image> placeholder must be expanded "
-                f"to {tokens_per_image} tokens (ViFTProcessor does this) and the number of placeholders must equal "
-                f"the number of images."
-            )
+        # One check per forward that carries images (compile-friendly; the message is built only on failure).
+        torch_compilable_check(
+            n_tokens == n_images * tokens_per_image,
+            lambda: (
+                f"The prompts hold {int(n_tokens)} image tokens but {n_images} image(s) of {tokens_per_image} tokens "
+                f"each were given ({n_images * tokens_per_image} tokens expected). Each <image> placeholder must be "
+                f"expanded to {tokens_per_image} tokens (ViFTProcessor does this) and the number of placeholders must "
+                f"equal the number of images."
+            ),
+        )
         return mask
 
     def forward(
@@ -214,6 +290,7 @@ class ViFTModel(ViFTPreTrainedModel):
         image_features=None,
         image_patch_features=None,
         instruction_labels=None,
+        cache=None,
         **kwargs,
     ):
         r"""
@@ -222,19 +299,28 @@ class ViFTModel(ViFTPreTrainedModel):
             (VPG-C re-attends them; needed with `image_features` when `config.vpgc_layer` is set).
         instruction_labels (`torch.LongTensor`, *optional*): the training labels, from which VPG-C finds each
             sample's last instruction token (the token before its first answer token).
+
+        Image tokens in a prompt without `pixel_values` (or `image_features`) are refused with a ValueError: the
+        model would otherwise read the placeholder's embedding as if it were the image. The check applies to the
+        prompt's forward (nothing cached yet); tokens after a cached prefix, e.g. drafts in assisted decoding, are
+        embedded as text. The prompt's checks (token ids, image tokens, length) run once per prompt forward, never in
+        decoding steps, which `generate` bounds up front.
         """
-        past_key_values = take_cache(past_key_values, kwargs)
+        past_key_values = take_cache(past_key_values, {"cache": cache})
+        return_dict = resolve_return_dict(self.config, kwargs.pop("return_dict", None))
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and image_features is not None:
             raise ValueError("Pass pixel_values or image_features, not both.")
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None  # a collated batch without images
+        is_prompt = nothing_cached(past_key_values, (input_ids if inputs_embeds is None else inputs_embeds).shape[1])
         if inputs_embeds is None:
-            if past_key_values_is_empty(past_key_values):
+            if is_prompt:
                 self._check_token_ids(input_ids)
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        self._check_length(inputs_embeds, position_ids, past_key_values)
+        if is_prompt:
+            self._check_length(inputs_embeds, position_ids)
 
         self._vpgc_step = None
         if pixel_values is not None:
@@ -248,10 +334,15 @@ class ViFTModel(ViFTPreTrainedModel):
                 self._vpgc_step = self._prepare_vpgc_step(
                     mask, image_patch_features, position_ids, attention_mask, instruction_labels
                 )
-        elif input_ids is not None and self.config.image_token_id is not None and past_key_values_is_empty(past_key_values):
-            n_tokens = int((input_ids == self.config.image_token_id).sum())
-            if n_tokens:
-                raise ValueError(f"The prompts hold {n_tokens} image tokens but no pixel_values were given.")
+        elif input_ids is not None and self.config.image_token_id is not None and is_prompt:
+            image_tokens = input_ids == self.config.image_token_id
+            torch_compilable_check(
+                ~image_tokens.any(),
+                lambda: (
+                    f"The prompts hold {int(image_tokens.sum())} image tokens but no pixel_values were given: pass "
+                    f"the images as pixel_values (the processor returns them), or remove the image placeholders."
+                ),
+            )
 
         if attention_mask is None and past_key_values is None and position_ids is not None:
             # Padding-free packed rows: transformers derives the block-diagonal mask from position_ids only when
@@ -266,13 +357,14 @@ class ViFTModel(ViFTPreTrainedModel):
             inputs_embeds=inputs_embeds,
             **{**kwargs, CACHE_NAME: past_key_values, "return_dict": True},
         )
-        return ViFTModelOutputWithPast(
+        output = ViFTModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             **{CACHE_NAME: cache_of(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
         )
+        return output if return_dict else output.to_tuple()
 
     def _prepare_vpgc_step(self, image_mask, patch_features, position_ids, attention_mask, labels):
         if patch_features is None:
@@ -281,15 +373,19 @@ class ViFTModel(ViFTPreTrainedModel):
                 "image_patch_features together with image_features."
             )
         segments = sample_ids(position_ids, attention_mask, image_mask.shape).to(image_mask.device)
-        positions = instruction_positions(image_mask, segments, labels, attention_mask)
-        return {"image_mask": image_mask, "patch_features": patch_features, "segments": segments, "positions": positions}
+        # A 2D padding mask tells real tokens apart; a 4D or per-layer-type mask (static caches) is left-padded input
+        # from `generate`, whose last column is real.
+        padding_mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
+        columns = instruction_columns(image_mask, segments, labels, padding_mask)
+        return {"image_mask": image_mask, "patch_features": patch_features, "instruction_cols": columns}
 
     def _check_token_ids(self, input_ids):
         if input_ids.numel() == 0:
             return
         num_embeddings = self.get_input_embeddings().num_embeddings
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= num_embeddings:
+
+        def message():
+            low, high = int(input_ids.min()), int(input_ids.max())
             image_hint = ""
             if self.config.image_token_id is not None and self.config.image_token_id >= num_embeddings:
                 image_hint = (
@@ -297,35 +393,42 @@ class ViFTModel(ViFTPreTrainedModel):
                     f"gained the image token but the model was not resized; call "
                     f"model.resize_token_embeddings(len(tokenizer)) or build with from_components."
                 )
-            raise ValueError(
+            return (
                 f"input_ids hold ids in [{low}, {high}] but the language model has {num_embeddings} token embeddings "
                 f"(valid ids: 0..{num_embeddings - 1}): the tokenizer does not match the model.{image_hint}"
             )
 
-    def _check_length(self, inputs_embeds, position_ids, past_key_values):
-        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        # One vectorised check per prompt forward; the message (and its reads) only on failure.
+        torch_compilable_check(((input_ids >= 0) & (input_ids < num_embeddings)).all(), message)
+
+    def _check_length(self, inputs_embeds, position_ids):
+        """Refuses a prompt longer than the language model supports (see `supported_positions`)."""
+        max_positions = supported_positions(self.config.text_config)
         if max_positions is None:
             return
-        past = 0 if past_key_values is None else past_key_values.get_seq_length()
-        if position_ids is not None and past_key_values is None:
-            longest = int(position_ids.max()) + 1 if position_ids.numel() else 0
-        else:
-            longest = past + inputs_embeds.shape[1]
-        if longest > max_positions:
-            raise ValueError(
+
+        def message(longest):
+            return (
                 f"The sequence is {longest} tokens long but the language model supports at most {max_positions} "
-                f"positions (text_config.max_position_embeddings): shorten the prompt or lower max_new_tokens."
+                f"positions (text_config.max_position_embeddings, with its RoPE scaling): shorten the prompt or "
+                f"lower max_new_tokens."
             )
 
-
-def past_key_values_is_empty(past_key_values):
-    return past_key_values is None or past_key_values.get_seq_length() == 0
+        if position_ids is None or not position_ids.numel():
+            if inputs_embeds.shape[1] > max_positions:
+                raise ValueError(message(inputs_embeds.shape[1]))
+            return
+        longest = position_ids.max() + 1  # packed rows restart their positions; explicit positions may be offset
+        torch_compilable_check(longest <= max_positions, lambda: message(int(longest)))
 
 
 class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
     """ViFT with a language-modelling head; `generate` supports ViFT's fused inference (`fusion=True`)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As Llava and the decoder LMs declare: the LM head split by vocabulary, its logits gathered on every rank.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: ViFTConfig):
         super().__init__(config)
@@ -404,8 +507,8 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
     def multi_modal_projector(self):
         return self.model.multi_modal_projector
 
-    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None):
-        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
+        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
 
     def forward(
         self,
@@ -420,6 +523,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
         image_features=None,
+        cache=None,
         **kwargs,
     ):
         r"""
@@ -430,7 +534,8 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         """
         kwargs.pop("text_input_ids", None)
         kwargs.pop("text_attention_mask", None)
-        past_key_values = take_cache(past_key_values, kwargs)
+        past_key_values = take_cache(past_key_values, {"cache": cache})
+        return_dict = resolve_return_dict(self.config, kwargs.pop("return_dict", None))
         if self.model.vpgc is not None and labels is not None:
             kwargs["instruction_labels"] = labels
         outputs = self.model(
@@ -443,6 +548,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             image_features=image_features,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -460,7 +566,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
 
-        return ViFTCausalLMOutputWithPast(
+        output = ViFTCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             **{CACHE_NAME: cache_of(outputs)},
@@ -468,18 +574,25 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
         )
+        return output if return_dict else output.to_tuple()
 
     def prepare_inputs_for_generation(
         self, *args, pixel_values=None, image_features=None, image_patch_features=None, is_first_iteration=False,
         **kwargs,
     ):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # Images enter only the prefill; decoding steps read them from the KV cache.
+        # Images enter every forward that still sees the prompt's image tokens uncached: the prefill, every forward
+        # without a cache, and the first forward of an assistant model (which `generate` runs with
+        # is_first_iteration=False). Later forwards read the images from the KV cache.
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        fed = model_inputs.get("input_ids")
+        sees_whole_sequence = fed is not None and input_ids is not None and fed.shape[-1] == input_ids.shape[-1]
+        keep = is_first_iteration or not kwargs.get("use_cache", True) or sees_whole_sequence
         image_inputs = {
             "pixel_values": pixel_values, "image_features": image_features, "image_patch_features": image_patch_features
         }
         for name, value in image_inputs.items():
-            if is_first_iteration or not kwargs.get("use_cache", True):
+            if keep:
                 model_inputs[name] = value
             else:
                 model_inputs.pop(name, None)
@@ -532,7 +645,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         prompt = kwargs.get("input_ids")
         if prompt is None:
             prompt = kwargs.get("inputs_embeds")
-        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        max_positions = supported_positions(self.config.text_config)
         if prompt is None or not max_positions:
             return
         config = kwargs.get("generation_config") or self.generation_config
@@ -541,8 +654,9 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         if total is not None and total > max_positions:
             raise ValueError(
                 f"The prompt has {prompt.shape[1]} tokens and generation may reach {total} tokens, but the language "
-                f"model supports at most {max_positions} positions (text_config.max_position_embeddings): shorten the "
-                f"prompt or lower max_new_tokens to {max(max_positions - prompt.shape[1], 0)} or fewer."
+                f"model supports at most {max_positions} positions (text_config.max_position_embeddings, with its RoPE "
+                f"scaling): shorten the prompt or lower max_new_tokens to {max(max_positions - prompt.shape[1], 0)} "
+                f"or fewer."
             )
 
     def explain_fusion(self, input_ids, attention_mask=None, text_input_ids=None, text_attention_mask=None, tokenizer=None):

@@ -11,6 +11,7 @@ This file is part of the remote-code bundle: it imports only torch, transformers
 import re
 
 from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+
 # From its module: transformers 5.17 without torchvision exports a placeholder at the top level that refuses to load
 # any image processor (the PIL ones included).
 from transformers.models.auto.image_processing_auto import AutoImageProcessor

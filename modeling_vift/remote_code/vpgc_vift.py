@@ -69,43 +69,55 @@ def sample_ids(position_ids, attention_mask, shape):
     return torch.zeros(shape, dtype=torch.long, device=position_ids.device if position_ids is not None else None)
 
 
+def instruction_columns(image_mask, segments, labels=None, attention_mask=None):
+    """For every position, the column of the last instruction token of its (row, sample): the token before the
+    sample's first answer token (`labels != -100`) after its first image token, or the sample's last real token when
+    there is no answer yet (generation prefill). Returns a `(batch, seq)` long tensor (meaningful at image positions),
+    computed without reading anything back from the device."""
+    batch, width = image_mask.shape
+    device = image_mask.device
+    columns = torch.arange(width, device=device).expand(batch, width)
+    # One slot per (row, sample): sample ids lie in [0, width], so row * (width + 1) + sample is unique.
+    keys = (torch.arange(batch, device=device).unsqueeze(-1) * (width + 1) + segments.to(device)).flatten()
+    slots = batch * (width + 1)
+    real = torch.ones_like(image_mask) if attention_mask is None else attention_mask.to(device).bool()
+
+    def reduce(values, where, fill, how):
+        out = torch.full((slots,), fill, dtype=torch.long, device=device)
+        return out.scatter_reduce(0, keys, torch.where(where, values, fill).flatten(), reduce=how)
+
+    first_image = reduce(columns, image_mask, width, "amin")
+    last_real = reduce(columns, real, -1, "amax")
+    answer = None
+    if labels is not None:
+        after_image = columns > first_image[keys].view(batch, width)
+        answer = reduce(columns, real & (labels.to(device) != -100) & after_image, width, "amin")
+    per_sample = last_real if answer is None else torch.where(answer < width, answer - 1, last_real)
+    return per_sample[keys].view(batch, width)
+
+
 def instruction_positions(image_mask, segments, labels=None, attention_mask=None):
-    """For every (row, sample) holding an image: the column of its last instruction token, i.e. the token before
-    the sample's first answer token (`labels != -100`), or the sample's last real token when there is no answer
-    yet (generation prefill). Returns a dict {(row, sample): column}."""
-    positions = {}
+    """`instruction_columns` as a dict `{(row, sample): column}` for every (row, sample) holding an image (reads the
+    result back to the host; the forward uses `instruction_columns` directly)."""
+    columns = instruction_columns(image_mask, segments, labels, attention_mask)
     rows, cols = torch.nonzero(image_mask, as_tuple=True)
-    for row, col in zip(rows.tolist(), cols.tolist()):
-        key = (row, int(segments[row, col]))
-        if key in positions:
-            continue
-        in_sample = torch.nonzero(segments[row] == key[1]).flatten()
-        if attention_mask is not None:
-            in_sample = in_sample[attention_mask[row, in_sample].bool()]
-        answer = None
-        if labels is not None:
-            answered = in_sample[labels[row, in_sample] != -100]
-            answered = answered[answered > col]
-            answer = int(answered[0]) if answered.numel() else None
-        positions[key] = answer - 1 if answer is not None else int(in_sample[-1])
-    return positions
+    keys = zip(rows.tolist(), segments[rows, cols].tolist(), columns[rows, cols].tolist())
+    return {(row, sample): column for row, sample, column in keys}
 
 
-def apply_vpgc(module, hidden_states, image_mask, patch_features, segments, positions):
+def apply_vpgc(module, hidden_states, image_mask, patch_features, instruction_cols):
     """Adds the VPG-C residual to every image's token positions of `hidden_states` (the input of the VPG-C layer).
     Images are taken in order of appearance; each has `patch_features.shape[1]` patch features and
-    `image_mask`-many / images tokens."""
+    `image_mask`-many / images tokens; `instruction_cols` comes from `instruction_columns`."""
     num_images = patch_features.shape[0]
     rows, cols = torch.nonzero(image_mask, as_tuple=True)
     if rows.numel() % max(num_images, 1):
         raise ValueError(f"{rows.numel()} image tokens cannot be split evenly over {num_images} images.")
     tokens = rows.numel() // num_images
     rows, cols = rows.view(num_images, tokens), cols.view(num_images, tokens)
-    first_rows, first_cols = rows[:, 0].tolist(), cols[:, 0].tolist()
-    instruction_cols = [positions[(r, int(segments[r, c]))] for r, c in zip(first_rows, first_cols)]
+    first_rows, first_cols = rows[:, 0], cols[:, 0]
     image_states = hidden_states[rows, cols]
-    instruction_states = hidden_states[torch.tensor(first_rows, device=hidden_states.device),
-                                       torch.tensor(instruction_cols, device=hidden_states.device)]
+    instruction_states = hidden_states[first_rows, instruction_cols[first_rows, first_cols]]
     residual = module(image_states, instruction_states, patch_features.to(hidden_states.dtype))
     updated = hidden_states.clone()
     updated[rows, cols] = hidden_states[rows, cols] + residual.to(hidden_states.dtype)
