@@ -14,6 +14,7 @@ from modeling_vift import ViFTConfig, ViFTForConditionalGeneration
 from modeling_vift.modeling_vift import supported_positions
 from modeling_vift.testing_utils import random_images, tiny_text_config, tiny_vift, tiny_vision_config
 
+
 GREEDY = dict(max_new_tokens=8, do_sample=False)
 
 
