@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoModelForCausalLM, CompileConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration
-from modeling_vift.modeling_vift import supported_positions
+from modeling_vift.remote_code.modeling_vift import supported_positions
 from modeling_vift.testing_utils import random_images, tiny_text_config, tiny_vift, tiny_vision_config
 
 
