@@ -111,7 +111,6 @@ def generation_part(args, device, dtype):
                         f"{fused / plain:.3f}x plain time", "<= 1.05x" if batch_size == 1 else ""))
         rows.append(Row("generate", f"{case}: sequential reference", f"{tokens / reference:,.1f} tok/s ({reference:.2f} s)",
                         f"fused {reference / fused:.2f}x its throughput", ">= 12x" if batch_size == 16 else ""))
-    del model
     return rows
 
 
@@ -171,7 +170,6 @@ def train_steps(model, batches, device, dtype, steps):
     for batch, n_images, _ in batches[1:steps + 1]:
         times.append(timed(device, lambda: step(batch, n_images)))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    del optimizer
     return times, peak
 
 
@@ -216,7 +214,6 @@ def training_part(args, device, dtype, peak_tflops):
     base = rates["padded batches (sdpa)"]
     for name, rate in rates.items():
         rows.append(Row("packed vs padded", name, f"{rate:,.0f} real tok/s", f"{rate / base:.2f}x padded"))
-    del model
     return rows
 
 
