@@ -8,7 +8,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration
-from modeling_vift.remote_code.modeling_vift import packed_shift_labels
+from modeling_vift.remote_code.modeling_vift import CACHE_NAME, cache_of, packed_shift_labels
 from modeling_vift.testing_utils import random_images, tiny_text_config, tiny_vift, tiny_vision_config
 
 
@@ -125,7 +125,7 @@ def test_packed_rows_match_separate_samples(vision, text, attn):
 
     seen = []
     hook = model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append((kwargs.get("past_key_values"), kwargs.get("use_cache"))),
+        lambda module, args, kwargs: seen.append((kwargs.get(CACHE_NAME), kwargs.get("use_cache"))),
         with_kwargs=True,
     )
     try:
@@ -136,7 +136,7 @@ def test_packed_rows_match_separate_samples(vision, text, attn):
     finally:
         hook.remove()
     assert seen == [(None, False)]
-    assert packed.past_key_values is None
+    assert cache_of(packed) is None
 
     offset, weighted, count = 0, 0.0, 0
     for single in singles:
@@ -163,10 +163,10 @@ def test_training_forward_builds_no_cache():
     batch = processor(images=per_sample, text=TEXTS, return_tensors="pt", padding_side="right")
     model.train()
     out = model(**batch, labels=batch["input_ids"])
-    assert out.past_key_values is None
+    assert cache_of(out) is None
     model.eval()
     with torch.no_grad():
-        assert model(**batch).past_key_values is not None  # inference keeps the cache for generation
+        assert cache_of(model(**batch)) is not None  # inference keeps the cache for generation
 
 
 @pytest.fixture(scope="module")
