@@ -189,12 +189,6 @@ class ViFTModel(ViFTPreTrainedModel):
         updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["instruction_cols"])
         return ((updated,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": updated})
 
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
     def get_image_features(
         self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, output_hidden_states=None,
         output_attentions=None, return_dict=None, **kwargs,
@@ -481,18 +475,6 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         # The LM's generation defaults (its end-of-turn tokens above all) carry over.
         model.generation_config = causal_lm.generation_config
         return model
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     @property
     def language_model(self):
