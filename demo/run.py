@@ -265,7 +265,7 @@ def text_qa_of_language_model(lm_dir, records_path, settings):
     """Task solving of a plain causal LM folder (the stage-0 output): greedy answers to the text-only QA split."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import evaluate as ev
+    from . import grading as ev
 
     model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
@@ -294,7 +294,7 @@ def load_images(records, image_folder, key="images"):
 def evaluate(model, processor, paths, world_config, settings, table):
     """Plain vs fused on the held-out visual instructions (grid on val, report on test), plus perception, task
     solving and the two controls."""
-    from . import evaluate as ev
+    from . import grading as ev
 
     data_dir = os.path.dirname(paths["val_visual"])
     load = lambda name: json.load(open(paths[name]))  # noqa: E731

@@ -268,8 +268,8 @@ def vpgc_parameters(model):
 
 
 def plain_and_fused(model, processor, records, images, fusion, settings, name):
-    """Accuracy of plain and of fused generation on two-image task records (demo/evaluate.py scoring)."""
-    from . import evaluate as ev
+    """Accuracy of plain and of fused generation on two-image task records (demo/grading.py scoring)."""
+    from . import grading as ev
 
     prompts = [ev.visual_prompt(processor, r) for r in records]
     batch, max_new = settings["batch_size"], settings["max_new_tokens"]
@@ -284,7 +284,7 @@ def plain_and_fused(model, processor, records, images, fusion, settings, name):
 
 def controls(model, processor, records, settings):
     """The two controls of the demo: the text-only prompt without the images, the true descriptions as text."""
-    from . import evaluate as ev
+    from . import grading as ev
 
     batch, max_new = settings["batch_size"], settings["max_new_tokens"]
     blind = [processor.strip_images(ev.visual_prompt(processor, r)) for r in records]

@@ -94,7 +94,7 @@ def test_vision_feature_layer_out_of_range():
         ViFTConfig(vision_config=tiny_vision_config().to_dict(), text_config=tiny_text_config().to_dict(), vision_feature_layer=5)
     model, processor = tiny_vift()
     inputs = processor(images=random_images(1), text="<image>", return_tensors="pt")
-    with pytest.raises(ValueError, match=r"vision_feature_layer=-4 is out of range for a vision tower with 2 layers"):
+    with pytest.raises(ValueError, match=r"vision_feature_layer=-4 is out of range: the vision tower has 2 layers, .*\[-3, 2\]"):
         model(**inputs, vision_feature_layer=-4)
 
 

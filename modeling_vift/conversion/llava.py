@@ -37,7 +37,7 @@ from ..remote_code.configuration_vift import (
     tower_has_cls_token,
     vision_tower_config,
 )
-from ..remote_code.modeling_vift import ViFTForConditionalGeneration
+from ..remote_code.modeling_vift import ViFTForConditionalGeneration, add_auto_model_entry
 from ..remote_code.processing_vift import ViFTProcessor
 
 
@@ -648,8 +648,7 @@ def save_remote_code_config(model, directory):
     from transformers.dynamic_module_utils import custom_object_save
 
     custom_object_save(model, directory, config=model.config)
-    # As ViFTForConditionalGeneration.save_pretrained does: AutoModel must load the generating model too.
-    model.config.auto_map = {**model.config.auto_map, "AutoModel": model.config.auto_map["AutoModelForImageTextToText"]}
+    add_auto_model_entry(model)  # as ViFTForConditionalGeneration.save_pretrained does
     model.config.save_pretrained(directory)
 
 

@@ -236,7 +236,10 @@ def usage_snippet(repo_id, image_size):
 
 
 def render_model_card(config, repo_id, base_models, license="apache-2.0", datasets=(), tags=(), generation=None):
-    """The model card: YAML metadata, what the model is, the usage snippet, the fusion defaults, data and citation."""
+    """The model card: YAML metadata, what the model is, the usage snippet, the fusion defaults, data and citation.
+
+    huggingface_hub's `ModelCardData` writes the metadata; the body is ours because its values (towers, fusion
+    defaults, usage) come from this model's config, which no library card template knows."""
     from huggingface_hub import ModelCardData
 
     metadata = ModelCardData(

@@ -55,8 +55,9 @@ _FLATTEN_CONTENT_PREFIX = (
     "{%- set messages = _vift.messages -%}"
 )
 
-# Used when the tokenizer has no chat template of its own (ChatML, as Qwen2 uses).
-DEFAULT_CHAT_TEMPLATE = (
+# Used when the tokenizer has no chat template of its own (ChatML, as Qwen2 uses); the tiny test and demo tokenizers
+# carry it too.
+CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{%- endfor -%}"
@@ -67,7 +68,7 @@ DEFAULT_CHAT_TEMPLATE = (
 def build_chat_template(text_template, image_token="<image>"):
     """The processor's chat template: the LM's template (or ChatML) behind the content-flattening prefix."""
     prefix = _FLATTEN_CONTENT_PREFIX.replace("<image>", image_token)
-    return prefix + (text_template or DEFAULT_CHAT_TEMPLATE)
+    return prefix + (text_template or CHATML_TEMPLATE)
 
 
 def pad_image_to_square(image, fill):
