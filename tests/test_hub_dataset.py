@@ -267,14 +267,14 @@ def test_push_dataset_script_dry_run_converts_and_uploads_nothing(authors_data, 
 
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: pytest.fail("dry run must not create an HfApi"))
     out = tmp_path / "out"
-    assert main(["--data-dir", str(authors_data["root"]), "--image-folder", authors_data["images"], "--output-dir",
-                 str(out), "--repo-id", "org/vift-data", "--records-per-shard", "3", "--no-progress", "--dry-run",
+    assert main(["--data_dir", str(authors_data["root"]), "--image_folder", authors_data["images"], "--output_dir",
+                 str(out), "--repo_id", "org/vift-data", "--records_per_shard", "3", "--no_progress", "--dry_run",
                  "--token", "hf_secretTokenNeverShown"]) == 0
     printed = capsys.readouterr().out
     assert "second_stage_captions/train-00002-of-00003.parquet" in printed and "configs:" in printed
     assert "nothing was uploaded" in printed and "hf_secretTokenNeverShown" not in printed
-    assert main(["--source", "bogus=x.json", "--image-folder", authors_data["images"], "--output-dir", str(out),
-                 "--repo-id", "org/vift-data"]) == 2
+    assert main(["--source", "bogus=x.json", "--image_folder", authors_data["images"], "--output_dir", str(out),
+                 "--repo_id", "org/vift-data"]) == 2
     assert "expected CONFIG=PATH" in capsys.readouterr().err
 
 

@@ -113,7 +113,7 @@ def _resolve_image(image_root, relative, record_id, source_path):
     if not full.startswith(image_root + os.sep):
         raise DatasetConversionError(
             f"{source_path}: record {record_id!r} has image path {relative!r}, which points outside the image folder "
-            f"{image_root!r}. Image paths must be relative to --image-folder and stay inside it; fix the record or "
+            f"{image_root!r}. Image paths must be relative to --image_folder and stay inside it; fix the record or "
             f"pass the folder the paths are relative to."
         )
     return full
@@ -453,7 +453,7 @@ def find_sources(data_dir=None, overrides=None):
         sources[config] = path
     if not sources:
         raise DatasetConversionError(
-            f"No source files: give --data-dir holding {sorted(SOURCES.values())} or --source CONFIG=PATH."
+            f"No source files: give --data_dir holding {sorted(SOURCES.values())} or --source CONFIG=PATH."
         )
     return sources
 
