@@ -21,6 +21,7 @@ setup(
         "accelerate>=1.10",
         "datasets>=4.0",
         "huggingface-hub>=1.0",
+        "ijson>=3.6",  # streams the authors' JSON files (publishing.dataset); C backend in its wheels
         "evaluate>=0.4.5",
         "pillow>=10.0",
         "pyyaml>=6.0",

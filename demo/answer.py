@@ -1,7 +1,7 @@
 """Answers one visual question with a saved ViFT folder, loading it the way a user would: through remote code only.
 
 ```bash
-python demo/answer.py demo_output/vift-demo --image demo_output/data/images/test_06000.png \
+python demo/answer.py --folder demo_output/vift-demo --image demo_output/data/images/test_06000.png \
     --question "How many shapes are there? Answer with one word."
 ```
 
@@ -10,19 +10,24 @@ from the code files saved next to the weights (`trust_remote_code=True`). It pri
 one uses the alpha/beta/layers saved in the folder's config (the demo writes the values it tuned).
 """
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AnswerArguments:
+    folder: str = field(metadata={"help": "a saved ViFT model + processor folder"})
+    image: list[str] = field(metadata={"help": "image file(s), in the order of the question"})
+    question: str = field(metadata={"help": "the question about the image(s)"})
+    max_new_tokens: int = 16
+    json: bool = field(default=False, metadata={"help": "print one JSON line instead of text"})
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a saved ViFT model + processor folder")
-    parser.add_argument("--image", nargs="+", required=True, help="image file(s), in the order of the question")
-    parser.add_argument("--question", required=True)
-    parser.add_argument("--max_new_tokens", type=int, default=16)
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    args = parser.parse_args(argv)
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(AnswerArguments).parse_args_into_dataclasses(argv)
 
     import torch
     from PIL import Image

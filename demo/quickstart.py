@@ -1,18 +1,18 @@
 """Set-up check: build a tiny ViFT from tiny pretrained-style towers, save it, reload it as remote code in a fresh
 process that cannot import `modeling_vift`, and generate there.
 
-    python -m demo.quickstart [--out demo_output/quickstart]
+    python -m demo.quickstart [--output_dir demo_output/quickstart]
 
 The towers are random toy models built in code (no download), so the generated words are noise; what the demo
 shows is that the steps a user takes with real towers work end to end: `from_components`, `save_pretrained`,
 `from_pretrained(..., trust_remote_code=True)` without this package, and identical greedy tokens on both sides.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,11 +48,16 @@ print("TOKENS " + json.dumps(output[0, inputs["input_ids"].shape[1]:].tolist()))
 '''
 
 
+@dataclass
+class QuickstartArguments:
+    output_dir: str = field(default=os.path.join("demo_output", "quickstart"), metadata={"help": "folder for everything written"})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.path.join("demo_output", "quickstart"), help="folder for everything written")
-    args = parser.parse_args(argv)
-    out = os.path.abspath(args.out)
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses(argv)
+    out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
 

@@ -22,12 +22,12 @@ What runs, in order (every number printed is measured in this run):
    `AutoModel.from_pretrained(folder, trust_remote_code=True)`, which answers one test question.
 """
 
-import argparse
 import copy
 import json
 import os
 import random
 import time
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -265,7 +265,7 @@ def text_qa_of_language_model(lm_dir, records_path, settings):
     """Task solving of a plain causal LM folder (the stage-0 output): greedy answers to the text-only QA split."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import evaluate as ev
+    from . import grading as ev
 
     model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
@@ -294,7 +294,7 @@ def load_images(records, image_folder, key="images"):
 def evaluate(model, processor, paths, world_config, settings, table):
     """Plain vs fused on the held-out visual instructions (grid on val, report on test), plus perception, task
     solving and the two controls."""
-    from . import evaluate as ev
+    from . import grading as ev
 
     data_dir = os.path.dirname(paths["val_visual"])
     load = lambda name: json.load(open(paths[name]))  # noqa: E731
@@ -420,7 +420,7 @@ def reload_in_fresh_process(folder, record, image_folder, work_dir, timeout=300)
     os.makedirs(work_dir, exist_ok=True)
     with open(os.path.join(HERE, "answer.py")) as f:
         script = f.read()
-    args = [os.path.abspath(folder), "--question", record["question"], "--json", "--image",
+    args = ["--folder", os.path.abspath(folder), "--question", record["question"], "--json", "--image",
             *[os.path.abspath(os.path.join(image_folder, p)) for p in record["images"]]]
     done = run_python_without_vift(script, os.path.abspath(work_dir), args=args, timeout=timeout)
     if done.returncode != 0:
@@ -538,13 +538,17 @@ def print_summary(results):
           f"Results: {results['paths']['results']}; heatmap: {results['paths']['heatmap']}")
 
 
+@dataclass
+class DemoArguments:
+    config: str = field(default=DEFAULT_CONFIG, metadata={"help": "demo YAML (default: demo/configs/demo.yaml)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where everything is written (default: from the config)"})
+    no_reload: bool = field(default=False, metadata={"help": "skip the fresh-process reload check"})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="demo YAML (default: demo/configs/demo.yaml)")
-    parser.add_argument("--output_dir", default=None, help="where everything is written (default: from the config)")
-    parser.add_argument("--no_reload", action="store_true", help="skip the fresh-process reload check")
-    args = parser.parse_args(argv)
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)
     config = load_config(args.config)
     output_dir = args.output_dir or config.get("output_dir", "demo_output")
     return run_demo(config, output_dir, reload=not args.no_reload)

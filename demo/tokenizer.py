@@ -5,43 +5,14 @@ processor built on it renders multimodal chats exactly like a real ViFT checkpoi
 text; a vocabulary a little larger than the world's word list makes every world word a single token.
 """
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
-
-
-IMAGE_TOKEN = "<image>"
-PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+from modeling_vift.testing_utils import CHATML_TEMPLATE, tiny_tokenizer
 
 
 def build_tokenizer(texts, vocab_size=512):
-    """Trains the BPE on `texts` (a list of strings) and wraps it in a `PreTrainedTokenizerFast`."""
+    """Trains the BPE on `texts` (a list of strings): the tests' tiny tokenizer, with the ChatML template."""
     if not texts:
         raise ValueError("build_tokenizer needs a non-empty list of training texts.")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD, IM_START, IM_END, IMAGE_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=IM_END,
-        pad_token=PAD,
-        additional_special_tokens=[IMAGE_TOKEN],
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    return tiny_tokenizer(corpus=texts, vocab_size=vocab_size, chat_template=CHATML_TEMPLATE)
 
 
 def unknown_words(tokenizer, texts):

@@ -22,11 +22,11 @@ What runs, in order (every number printed is measured in this run):
    `AutoModel.from_pretrained(folder, trust_remote_code=True)`, which answers one test question.
 """
 
-import argparse
 import json
 import os
 import random
 import time
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -268,8 +268,8 @@ def vpgc_parameters(model):
 
 
 def plain_and_fused(model, processor, records, images, fusion, settings, name):
-    """Accuracy of plain and of fused generation on two-image task records (demo/evaluate.py scoring)."""
-    from . import evaluate as ev
+    """Accuracy of plain and of fused generation on two-image task records (demo/grading.py scoring)."""
+    from . import grading as ev
 
     prompts = [ev.visual_prompt(processor, r) for r in records]
     batch, max_new = settings["batch_size"], settings["max_new_tokens"]
@@ -284,7 +284,7 @@ def plain_and_fused(model, processor, records, images, fusion, settings, name):
 
 def controls(model, processor, records, settings):
     """The two controls of the demo: the text-only prompt without the images, the true descriptions as text."""
-    from . import evaluate as ev
+    from . import grading as ev
 
     batch, max_new = settings["batch_size"], settings["max_new_tokens"]
     blind = [processor.strip_images(ev.visual_prompt(processor, r)) for r in records]
@@ -428,14 +428,18 @@ def print_summary(results):
     print(f"Run time {results['seconds']['total']:.0f} s. Results: {results['paths']['results']}")
 
 
+@dataclass
+class VPGCArguments:
+    demo_output: str = field(metadata={"help": "the folder a finished `python -m demo` run wrote"})
+    config: str = field(default=DEFAULT_CONFIG, metadata={"help": "VPG-C YAML (default: demo/configs/vpgc.yaml)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where everything is written (default: DEMO_OUTPUT/vpgc)"})
+    no_reload: bool = field(default=False, metadata={"help": "skip the fresh-process reload check"})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m demo.vpgc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo_output", required=True, help="the folder a finished `python -m demo` run wrote")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="VPG-C YAML (default: demo/configs/vpgc.yaml)")
-    parser.add_argument("--output_dir", default=None, help="where everything is written (default: DEMO_OUTPUT/vpgc)")
-    parser.add_argument("--no_reload", action="store_true", help="skip the fresh-process reload check")
-    args = parser.parse_args(argv)
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(VPGCArguments).parse_args_into_dataclasses(argv)
     return run_vpgc(args.demo_output, load_config(args.config), args.output_dir, reload=not args.no_reload)
 
 

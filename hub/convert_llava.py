@@ -1,41 +1,50 @@
 """Convert an existing checkpoint (the authors' Bunny format, or llava-hf LlavaForConditionalGeneration) into a ViFT
 folder that loads with trust_remote_code and supports fused generation.
 
-    python -m hub.convert_llava SOURCE OUTPUT [--layout auto|bunny|llava] [--vision-tower PATH_OR_ID] \
-        [--language-model PATH] [--dtype bfloat16] [--max-shard-size 5GB] [--chat-template FILE] \
-        [--fusion-layers START END] [--fusion-alpha A] [--fusion-beta B] [--compare] [--overwrite]
+    python -m hub.convert_llava --source SOURCE --output OUTPUT [--layout auto|bunny|llava] \
+        [--vision_tower PATH_OR_ID] [--language_model PATH] [--dtype bfloat16] [--max_shard_size 5GB] \
+        [--chat_template FILE] [--fusion_layers START END] [--fusion_alpha A] [--fusion_beta B] [--compare] \
+        [--overwrite]
 
 Bunny checkpoints whose state dict lacks the vision tower (it was frozen) take it from `mm_vision_tower` in their
-config, or from `--vision-tower`; projector-only stage-1 outputs (mm_projector.bin) need `--language-model`.
+config, or from `--vision_tower`; projector-only stage-1 outputs (mm_projector.bin) need `--language_model`.
 `--compare` (llava only) loads source and result in float32 (memory for both) and prints the largest logits
 difference on a random input.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from transformers import HfArgumentParser
 
 from modeling_vift.conversion import ConversionError, compare_with_llava, convert_checkpoint
 
 
+@dataclass
+class ConvertArguments:
+    source: str = field(metadata={"help": "the checkpoint folder to convert"})
+    output: str = field(metadata={"help": "the ViFT folder to write (must not exist or be empty)"})
+    layout: Literal["auto", "bunny", "llava"] = "auto"
+    vision_tower: str | None = field(default=None, metadata={"help": "Bunny: the vision tower folder or Hub id"})
+    language_model: str | None = field(
+        default=None, metadata={"help": "Bunny: the base LM folder (projector-only sources)"}
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
+        default=None, metadata={"help": "cast the weights (default: keep the stored dtype)"}
+    )
+    max_shard_size: str = "5GB"
+    chat_template: str | None = field(default=None, metadata={"help": "a jinja file (or string) for the processor"})
+    fusion_layers: list[int] | None = field(default=None, metadata={"help": "START END"})
+    fusion_alpha: float | None = None
+    fusion_beta: float | None = None
+    compare: bool = field(default=False, metadata={"help": "llava: print max |logits difference| to the source"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT folder"})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hub.convert_llava", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="the checkpoint folder to convert")
-    parser.add_argument("output", help="the ViFT folder to write (must not exist or be empty)")
-    parser.add_argument("--layout", choices=["auto", "bunny", "llava"], default="auto")
-    parser.add_argument("--vision-tower", default=None, help="Bunny: the vision tower folder or Hub id")
-    parser.add_argument("--language-model", default=None, help="Bunny: the base LM folder (projector-only sources)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="cast the weights (default: keep the stored dtype)")
-    parser.add_argument("--max-shard-size", default="5GB")
-    parser.add_argument("--chat-template", default=None, help="a jinja file (or string) for the processor")
-    parser.add_argument("--fusion-layers", type=int, nargs=2, default=None, metavar=("START", "END"))
-    parser.add_argument("--fusion-alpha", type=float, default=None)
-    parser.add_argument("--fusion-beta", type=float, default=None)
-    parser.add_argument("--compare", action="store_true", help="llava: print max |logits difference| to the source")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT folder")
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(argv)
     overrides = {k: v for k, v in (("fusion_layers", args.fusion_layers), ("fusion_alpha", args.fusion_alpha),
                                    ("fusion_beta", args.fusion_beta)) if v is not None}
     try:

@@ -12,7 +12,7 @@ import torch
 
 from .remote_code.configuration_vift import ViFTConfig
 from .remote_code.modeling_vift import ViFTForConditionalGeneration
-from .remote_code.processing_vift import ViFTProcessor
+from .remote_code.processing_vift import CHATML_TEMPLATE, ViFTProcessor
 
 
 IMAGE_TOKEN = "<image>"
@@ -28,14 +28,6 @@ _CORPUS = [
     "which of the two images has more shapes? what changed from image 1 to image 2?",
     "0 1 2 3 4 5 6 7 8 9 + - = ? . , ! : ;",
 ]
-
-
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
 
 
 def tiny_tokenizer(corpus=None, vocab_size=300, with_image_token=True, chat_template=None):

@@ -8,9 +8,9 @@ The same run sharded over two processes (without CUDA they talk over gloo on the
     accelerate launch --multi_gpu --num_processes 2 -m recipes.eval_fixtures --output_dir outputs/eval-fixtures-2p
 """
 
-import argparse
 import os
 import time
+from dataclasses import dataclass
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, SweepConfig, evaluate_benchmark, run_fusion_sweep
 from modeling_vift.evaluation.runner import distributed_state
@@ -48,9 +48,14 @@ def main(output_dir, max_new_tokens=8):
         print(f"\nAll fixture evaluations and the sweep took {time.perf_counter() - start:.1f} s on {state.num_processes} process(es); outputs in {output_dir}")
 
 
+@dataclass
+class FixtureArguments:
+    output_dir: str = "outputs/eval-fixtures"
+    max_new_tokens: int = 8
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="outputs/eval-fixtures")
-    parser.add_argument("--max_new_tokens", type=int, default=8)
-    arguments = parser.parse_args()
+    from transformers import HfArgumentParser
+
+    (arguments,) = HfArgumentParser(FixtureArguments).parse_args_into_dataclasses()
     main(arguments.output_dir, arguments.max_new_tokens)

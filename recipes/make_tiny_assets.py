@@ -14,10 +14,10 @@ It writes into `--output_dir`:
 Nothing is downloaded; the numbers mean nothing.
 """
 
-import argparse
 import json
 import os
 import random
+from dataclasses import dataclass
 
 
 CAPTIONS = [
@@ -148,11 +148,16 @@ def make_tiny_assets(output_dir, seed=0):
     return {"vision": vision_dir, "text": text_dir, "checkpoint": checkpoint, **data}
 
 
+@dataclass
+class TinyAssetsArguments:
+    output_dir: str = "vift-tiny"
+    seed: int = 0
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="vift-tiny")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(TinyAssetsArguments).parse_args_into_dataclasses()
     paths = make_tiny_assets(args.output_dir, seed=args.seed)
     for key, value in paths.items():
         print(f"{key}: {value}")

@@ -270,7 +270,7 @@ def test_convert_script_reports_errors_without_a_traceback(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    assert main([str(empty), str(tmp_path / "out")]) == 2
+    assert main(["--source", str(empty), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: No weights found") and "Traceback" not in err
     assert not (tmp_path / "out").exists()

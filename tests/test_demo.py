@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from demo import evaluate as ev
+from demo import grading as ev
 from demo.run import deep_merge, load_config
 from demo.tokenizer import build_tokenizer, unknown_words
 from demo.world import (

@@ -237,23 +237,27 @@ def test_bad_repo_id_is_rejected_before_converting(authors_data, tmp_path):
 
 
 def test_json_reader_streams_lists_and_json_lines_in_small_chunks(tmp_path):
-    records = [{"id": i, "text": "x" * (i * 7), "nested": {"a": [1, 2, {"b": "]}"}]}} for i in range(20)]
+    records = [{"id": i, "text": "x" * (i * 7), "score": i / 4, "nested": {"a": [1, 2, {"b": "]}"}]}} for i in range(20)]
     as_list = tmp_path / "list.json"
     as_list.write_text(json.dumps(records, indent=2))
     as_lines = tmp_path / "lines.jsonl"
     as_lines.write_text("\n".join(json.dumps(r) for r in records))
-    assert list(iter_json_records(str(as_list), chunk_chars=5)) == records
-    assert list(iter_json_records(str(as_lines), chunk_chars=5)) == records
+    assert list(iter_json_records(str(as_list), buf_size=5)) == records
+    assert list(iter_json_records(str(as_lines), buf_size=5)) == records
     truncated = tmp_path / "truncated.json"
     truncated.write_text(json.dumps(records)[:-40])
     with pytest.raises(DatasetConversionError, match="damaged or truncated"):
-        list(iter_json_records(str(truncated), chunk_chars=16))
+        list(iter_json_records(str(truncated), buf_size=16))
     damaged = tmp_path / "damaged.jsonl"  # a bad record early in a long file: reported without reading on
     damaged.write_text('{"id": 0}\n{"id": 1,, "x": 2}\n' + "\n".join(json.dumps(r) for r in records * 50))
-    reader = iter_json_records(str(damaged), chunk_chars=8, max_record_chars=64)
+    reader = iter_json_records(str(damaged), buf_size=8)
     assert next(reader) == {"id": 0}
-    with pytest.raises(DatasetConversionError, match=r"record #1 is not valid JSON.*within \d\d characters"):
+    with pytest.raises(DatasetConversionError, match=r"record #1 is not valid JSON \(parse error"):
         next(reader)
+    neither = tmp_path / "neither.json"
+    neither.write_text('  "a string"')
+    with pytest.raises(DatasetConversionError, match="neither a JSON list of records nor JSON Lines"):
+        list(iter_json_records(str(neither)))
 
 
 def test_push_dataset_script_dry_run_converts_and_uploads_nothing(authors_data, tmp_path, capsys, monkeypatch):
@@ -263,14 +267,14 @@ def test_push_dataset_script_dry_run_converts_and_uploads_nothing(authors_data, 
 
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: pytest.fail("dry run must not create an HfApi"))
     out = tmp_path / "out"
-    assert main(["--data-dir", str(authors_data["root"]), "--image-folder", authors_data["images"], "--output-dir",
-                 str(out), "--repo-id", "org/vift-data", "--records-per-shard", "3", "--no-progress", "--dry-run",
+    assert main(["--data_dir", str(authors_data["root"]), "--image_folder", authors_data["images"], "--output_dir",
+                 str(out), "--repo_id", "org/vift-data", "--records_per_shard", "3", "--no_progress", "--dry_run",
                  "--token", "hf_secretTokenNeverShown"]) == 0
     printed = capsys.readouterr().out
     assert "second_stage_captions/train-00002-of-00003.parquet" in printed and "configs:" in printed
     assert "nothing was uploaded" in printed and "hf_secretTokenNeverShown" not in printed
-    assert main(["--source", "bogus=x.json", "--image-folder", authors_data["images"], "--output-dir", str(out),
-                 "--repo-id", "org/vift-data"]) == 2
+    assert main(["--source", "bogus=x.json", "--image_folder", authors_data["images"], "--output_dir", str(out),
+                 "--repo_id", "org/vift-data"]) == 2
     assert "expected CONFIG=PATH" in capsys.readouterr().err
 
 

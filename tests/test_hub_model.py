@@ -105,7 +105,7 @@ def test_generation_config_carries_the_fusion_defaults(published):
     generation = json.load(open(os.path.join(published["repo"], "generation_config.json")))
     assert generation["fusion_alpha"] == 0.7 and generation["fusion_beta"] == 0.2
     assert generation["fusion_layers"] == [1, 3]
-    assert "fusion" not in generation  # plain generation stays the default unless --fusion-by-default
+    assert "fusion" not in generation  # plain generation stays the default unless --fusion_by_default
 
 
 def test_model_card_has_the_hub_metadata(published):
@@ -144,8 +144,8 @@ def test_dry_run_prints_the_plan_and_the_card_and_uploads_nothing(published, cap
     from hub.push_model import main
 
     RecordingApi.instances.clear()
-    assert main([published["checkpoint"], "--repo-id", "org/vift", "--base-model", BASE_MODELS[0],
-                 "--base-model", BASE_MODELS[1], "--token", TOKEN, "--dry-run"]) == 0
+    assert main(["--checkpoint", published["checkpoint"], "--repo_id", "org/vift", "--base_model", BASE_MODELS[0],
+                 BASE_MODELS[1], "--token", TOKEN, "--dry_run"]) == 0
     out = capsys.readouterr().out
     for name in ("model.safetensors", "modeling_vift.py", "generation_config.json", "README.md"):
         assert re.search(rf"^\s+{re.escape(name)}\s", out, flags=re.M)
@@ -162,8 +162,8 @@ def test_token_goes_to_huggingface_hub_and_is_never_printed(published, monkeypat
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     monkeypatch.setattr(publish_model, "verify_folder", lambda folder, timeout: {"model_class": "x", "new_tokens": 1})
     caplog.set_level(logging.DEBUG)
-    assert main([published["checkpoint"], "--repo-id", "org/vift", "--base-model", BASE_MODELS[0],
-                 "--base-model", BASE_MODELS[1], "--token", TOKEN]) == 0
+    assert main(["--checkpoint", published["checkpoint"], "--repo_id", "org/vift", "--base_model", BASE_MODELS[0],
+                 BASE_MODELS[1], "--token", TOKEN]) == 0
     (api,) = RecordingApi.instances
     assert api.token == TOKEN and [c[0] for c in api.calls] == ["create_repo", "create_commit"]
     captured = capsys.readouterr()
@@ -242,5 +242,5 @@ def test_folder_that_fails_to_load_in_a_fresh_process_is_not_uploaded(published,
 
 
 def test_missing_base_models_are_asked_for(published):
-    with pytest.raises(PublishError, match="--base-model"):
+    with pytest.raises(PublishError, match="--base_model"):
         push_model(published["checkpoint"], "org/vift", api=RecordingApi(), log=lambda *a: None)

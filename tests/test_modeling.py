@@ -378,3 +378,19 @@ def test_apply_chat_template_honours_processor_kwargs_as_trl_passes_them():
     assert out["pixel_values"].shape[0] == 1
     with pytest.raises(ValueError, match="assistant token masks"):
         processor.apply_chat_template(messages, tokenize=True, images=random_images(1), return_assistant_tokens_mask=True)
+
+
+def test_embedding_accessors_reach_the_language_models_embeddings_and_the_lm_head():
+    # PreTrainedModel's accessors find them through `language_model` (ViFT defines none of its own).
+    model, _ = tiny_vift()
+    embed_tokens = model.model.language_model.embed_tokens
+    assert model.get_input_embeddings() is embed_tokens and model.model.get_input_embeddings() is embed_tokens
+    assert model.get_output_embeddings() is model.lm_head
+    replacement = torch.nn.Embedding(embed_tokens.num_embeddings, embed_tokens.embedding_dim)
+    model.set_input_embeddings(replacement)
+    assert model.model.language_model.embed_tokens is replacement
+    head = torch.nn.Linear(embed_tokens.embedding_dim, embed_tokens.num_embeddings, bias=False)
+    model.set_output_embeddings(head)
+    assert model.lm_head is head
+    model.resize_token_embeddings(embed_tokens.num_embeddings + 4)
+    assert model.get_input_embeddings().num_embeddings == model.lm_head.out_features == embed_tokens.num_embeddings + 4

@@ -176,3 +176,13 @@ def test_processor_save_and_load_round_trip(tmp_path):
     b = loaded(images=image, text="<image> hi", return_tensors="pt")
     for key in ("input_ids", "pixel_values"):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_per_modality_kwargs_and_decoding_come_from_processor_mixin(tiny):
+    _, processor = tiny
+    texts = ["<image> one", "two words here"]
+    flat = processor(images=random_images(1), text=texts, return_tensors="pt", padding_side="left")
+    nested = processor(images=random_images(1), text=texts, text_kwargs={"padding_side": "left", "return_tensors": "pt"})
+    torch.testing.assert_close(nested["input_ids"], flat["input_ids"], rtol=0, atol=0)
+    assert processor.decode(flat["input_ids"][1], skip_special_tokens=True).endswith("two words here")
+    assert set(processor.model_input_names) == {"input_ids", "attention_mask", "pixel_values"}

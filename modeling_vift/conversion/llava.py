@@ -8,7 +8,7 @@ Two source layouts are understood:
   (`model.embed_tokens.*`, `model.layers.*`, `model.norm.*`, `lm_head.*`), the projector `model.mm_projector.*`
   (an `nn.Sequential` of Linear, GELU, Linear, ... so the linear layers sit at even indices) and, when the vision
   tower was trained (`unfreeze_vision_tower`), the tower under `model.vision_tower.vision_tower.*`. Otherwise the
-  tower comes from `mm_vision_tower` (or `--vision-tower`). Bunny reads features from hidden layer -2, drops the
+  tower comes from `mm_vision_tower` (or `--vision_tower`). Bunny reads features from hidden layer -2, drops the
   CLS token of CLIP towers and keeps every SigLIP token; `image_aspect_ratio: pad` pads images to square.
 - **llava-hf** (`LlavaForConditionalGeneration`), in the transformers 5 key layout (`model.language_model.*`,
   `model.vision_tower.*`, `model.multi_modal_projector.*`, `lm_head.*`) or the older one (`language_model.model.*`,
@@ -37,7 +37,7 @@ from ..remote_code.configuration_vift import (
     tower_has_cls_token,
     vision_tower_config,
 )
-from ..remote_code.modeling_vift import ViFTForConditionalGeneration
+from ..remote_code.modeling_vift import ViFTForConditionalGeneration, add_auto_model_entry
 from ..remote_code.processing_vift import ViFTProcessor
 
 
@@ -233,7 +233,7 @@ def plan_llava(source, chat_template=None, **config_overrides):
     notes = []
     template = chat_template or source_template
     if template is None and getattr(tokenizer, "chat_template", None) is None:
-        notes.append("The source has no chat template: the processor uses ChatML; pass --chat-template to set one.")
+        notes.append("The source has no chat template: the processor uses ChatML; pass --chat_template to set one.")
 
     config = ViFTConfig(
         vision_config=vision_config.to_dict(),
@@ -303,14 +303,14 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
         )
     tower_path = vision_tower or bunny.get("mm_vision_tower")
     if not tower_path:
-        raise ConversionError(f"{source}/config.json has no `mm_vision_tower`; pass --vision-tower PATH_OR_ID.")
+        raise ConversionError(f"{source}/config.json has no `mm_vision_tower`; pass --vision_tower PATH_OR_ID.")
     try:
         vision_config = vision_tower_config(AutoConfig.from_pretrained(tower_path))
         image_processor = AutoImageProcessor.from_pretrained(tower_path)
     except (OSError, ValueError) as e:
         raise ConversionError(
             f"Cannot load the vision tower config / image processor from {tower_path!r} ({type(e).__name__}: {e}). "
-            f"Pass --vision-tower with a local copy of the tower the checkpoint was trained with (e.g. a download of "
+            f"Pass --vision_tower with a local copy of the tower the checkpoint was trained with (e.g. a download of "
             f"google/siglip-so400m-patch14-384)."
         ) from None
     if vision_config.model_type not in ("siglip_vision_model", "clip_vision_model"):
@@ -324,7 +324,7 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
     if mm_hidden is not None and int(mm_hidden) != vision_config.hidden_size:
         raise ConversionError(
             f"config.json says the projector takes {mm_hidden}-wide features but the vision tower {tower_path!r} is "
-            f"{vision_config.hidden_size} wide: pass the tower the checkpoint was trained with (--vision-tower)."
+            f"{vision_config.hidden_size} wide: pass the tower the checkpoint was trained with (--vision_tower)."
         )
 
     text_config = {k: v for k, v in bunny.items() if k not in _BUNNY_ONLY_KEYS}
@@ -350,14 +350,14 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
         if language_model is None:
             raise ConversionError(
                 f"The checkpoint in {source!r} holds no language-model weights (a projector-only stage-1 output?): "
-                f"pass --language-model with the base LM folder it was trained on."
+                f"pass --language_model with the base LM folder it was trained on."
             )
         sources.append(WeightSource(f"language model {language_model}", weight_files(language_model, "language model"),
                                     lambda n: n if n.startswith(("model.", "lm_head.")) else None))
     tokenizer_source = source if _has_tokenizer(source) else language_model
     if tokenizer_source is None:
         raise ConversionError(
-            f"No tokenizer in {source!r} (tokenizer.json / tokenizer_config.json): pass --language-model with the base "
+            f"No tokenizer in {source!r} (tokenizer.json / tokenizer_config.json): pass --language_model with the base "
             f"LM folder, whose tokenizer will be used."
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
@@ -401,7 +401,7 @@ def _tower_weight_files(tower_path):
         except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
             raise ConversionError(
                 f"The checkpoint does not hold the vision tower's weights and {tower_path!r} cannot be fetched "
-                f"({type(e).__name__}). Pass --vision-tower with a local copy of that tower."
+                f"({type(e).__name__}). Pass --vision_tower with a local copy of that tower."
             ) from None
     return weight_files(tower_path, "vision tower")
 
@@ -448,7 +448,7 @@ def build_plan(source, layout="auto", vision_tower=None, language_model=None, ch
     layout = detect_layout(source) if layout == "auto" else layout
     if layout == "llava":
         if vision_tower or language_model:
-            raise ConversionError("--vision-tower / --language-model apply to Bunny checkpoints only.")
+            raise ConversionError("--vision_tower / --language_model apply to Bunny checkpoints only.")
         return plan_llava(source, chat_template=chat_template, **config_overrides)
     if layout == "bunny":
         return plan_bunny(source, vision_tower, language_model, chat_template=chat_template, **config_overrides)
@@ -502,7 +502,7 @@ def resolve_tensors(plan, expected):
         raise ConversionError(
             f"The {plan.layout} checkpoint does not match the ViFT model built from its config:\n  - "
             + "\n  - ".join(problems)
-            + "\nCheck that the config.json belongs to these weights (and, for Bunny, that --vision-tower is the tower "
+            + "\nCheck that the config.json belongs to these weights (and, for Bunny, that --vision_tower is the tower "
             "it was trained with); a checkpoint with missing shards must be completed first."
         )
     return found
@@ -648,8 +648,7 @@ def save_remote_code_config(model, directory):
     from transformers.dynamic_module_utils import custom_object_save
 
     custom_object_save(model, directory, config=model.config)
-    # As ViFTForConditionalGeneration.save_pretrained does: AutoModel must load the generating model too.
-    model.config.auto_map = {**model.config.auto_map, "AutoModel": model.config.auto_map["AutoModelForImageTextToText"]}
+    add_auto_model_entry(model)  # as ViFTForConditionalGeneration.save_pretrained does
     model.config.save_pretrained(directory)
 
 

@@ -178,11 +178,31 @@ def _batches(samples, batch_size):
         yield batch
 
 
+def generate_greedy(model, processor, texts, images=None, max_new_tokens=64, fusion=None, **generate_kwargs):
+    """Greedy answers (stripped strings) for one left-padded batch of rendered prompts `texts`; `images` is the flat
+    list of their images in order of appearance. `fusion` holds fused `generate`'s keyword arguments (`{"fusion":
+    True, ...}`; the text-only prompts come from the processor's `return_text_only`), None for plain generation.
+    Further keyword arguments go to `generate`."""
+    import torch
+
+    inputs = processor(images=images or None, text=texts, return_tensors="pt", padding=True, padding_side="left",
+                       return_text_only=bool(fusion))
+    inputs = inputs.to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    kwargs = {**inputs, **(fusion or {}), **generate_kwargs}
+    if kwargs.get("pad_token_id") is None:
+        pad_id = processor.tokenizer.pad_token_id
+        kwargs["pad_token_id"] = processor.tokenizer.eos_token_id if pad_id is None else pad_id
+    with torch.inference_mode():
+        output = model.generate(**kwargs, max_new_tokens=int(max_new_tokens), do_sample=False)
+    decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [text.strip() for text in decoded]
+
+
 def generate_batch(model, processor, samples, settings):
     """Generates for one batch; returns `[(prediction or None, error or None)]` in order. A sample whose images
     cannot be opened, or a batch that fails, is reported per sample instead of stopping the run."""
-    import torch
-
     results = [None] * len(samples)
     ready, images = [], []
     for i, sample in enumerate(samples):
@@ -198,27 +218,10 @@ def generate_batch(model, processor, samples, settings):
     use_fusion = settings.fusion and bool(samples[ready[0]].images)
     texts = [render_prompt(processor, samples[i], settings.system_prompt) for i in ready]
     try:
-        inputs = processor(
-            images=images or None, text=texts, return_tensors="pt", padding=True, padding_side="left",
-            return_text_only=use_fusion,
-        )
-        inputs = inputs.to(model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        kwargs = dict(inputs)
-        kwargs.update(settings.fusion_kwargs() if use_fusion else {})
-        if not use_fusion:
-            kwargs.pop("text_input_ids", None)
-            kwargs.pop("text_attention_mask", None)
-        pad_id = processor.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = processor.tokenizer.eos_token_id
-        with torch.inference_mode():
-            output = model.generate(**kwargs, max_new_tokens=int(settings.max_new_tokens), do_sample=False, pad_token_id=pad_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
+        fusion = settings.fusion_kwargs() if use_fusion else None
+        decoded = generate_greedy(model, processor, texts, images, int(settings.max_new_tokens), fusion=fusion)
         for i, text in zip(ready, decoded):
-            results[i] = (text.strip(), None)
+            results[i] = (text, None)
     except (ValueError, RuntimeError) as err:  # bad input (too long, shapes); programming errors surface
         if len(ready) > 1:  # find the sample that fails; the others still get their predictions
             for i in ready:
@@ -309,6 +312,7 @@ __all__ = [
     "check_run_config",
     "collect_records",
     "generate_batch",
+    "generate_greedy",
     "merge_predictions",
     "read_jsonl",
     "render_prompt",

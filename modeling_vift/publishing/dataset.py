@@ -10,7 +10,7 @@ Input: the authors' conversation JSON files (one JSON list per file, or JSON Lin
 
 and a dataset card README.md whose YAML lists the configs, their sizes and the schema.
 
-How it scales: records are streamed from the JSON (never loaded whole); a first pass checks every record's
+How it scales: records are streamed from the JSON with ijson (never loaded whole); a first pass checks every record's
 structure and image paths (a record without `conversations` or an image path outside the image folder stops the
 conversion before anything is written) and counts records; the second pass converts fixed-size shards, in worker
 processes if asked, writing each shard in row groups to a temporary file renamed when complete, plus a small state
@@ -27,6 +27,8 @@ import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+
+import ijson
 
 from ..training.data import SampleError, conversations_to_messages, record_image_paths
 from .upload import PlannedFile, PublishError, check_repo_id, format_plan, format_size, upload_to_hub
@@ -75,63 +77,35 @@ def dataset_features():
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def iter_json_records(path, chunk_chars=1 << 20, max_record_chars=64 << 20):
-    """Yields the records of a JSON list file (`[{...}, {...}]`) or a JSON Lines file one at a time, reading
-    `chunk_chars` characters at a time, so memory stays bounded whatever the file size (a record that does not
-    parse within `max_record_chars` characters is reported as damaged rather than read on)."""
-    decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as f:
-        buffer, pos, eof = "", 0, False
-
-        def more():
-            nonlocal buffer, pos, eof
-            chunk = f.read(chunk_chars)
-            eof = not chunk
-            buffer = buffer[pos:] + chunk
-            pos = 0
-            return not eof
-
-        def skip_space(allow_comma=False):
-            nonlocal pos
-            while True:
-                while pos < len(buffer) and (buffer[pos].isspace() or (allow_comma and buffer[pos] == ",")):
-                    pos += 1
-                if pos < len(buffer) or not more():
-                    return
-
-        skip_space()
-        if pos >= len(buffer):
+def iter_json_records(path, buf_size=1 << 16):
+    """Yields the records of a JSON list file (`[{...}, {...}]`) or a JSON Lines file one at a time: ijson's C parser
+    reads `buf_size` bytes at a time, so memory holds one record whatever the file size."""
+    with open(path, "rb") as f:
+        head = f.read(buf_size).lstrip()
+        while not head and f.peek(1):  # a file that starts with more than `buf_size` bytes of white space
+            head = f.read(buf_size).lstrip()
+        if not head:
             return
-        in_list = buffer[pos] == "["
-        if in_list:
-            pos += 1
-        elif buffer[pos] != "{":
+        if head[:1] not in (b"[", b"{"):
             raise DatasetConversionError(
-                f"{path} is neither a JSON list of records nor JSON Lines (it starts with {buffer[pos]!r}); expected "
-                f"the authors' format: [{{\"id\": ..., \"image\": ..., \"conversations\": [...]}}, ...]."
+                f"{path} is neither a JSON list of records nor JSON Lines (it starts with {head[:1].decode(errors='replace')!r}); "
+                f"expected the authors' format: [{{\"id\": ..., \"image\": ..., \"conversations\": [...]}}, ...]."
             )
+        f.seek(0)
+        if head[:1] == b"[":
+            records = ijson.items(f, "item", use_float=True, buf_size=buf_size)
+        else:
+            records = ijson.items(f, "", multiple_values=True, use_float=True, buf_size=buf_size)
         index = 0
-        while True:
-            skip_space(allow_comma=in_list)
-            if pos >= len(buffer):
-                if in_list:
-                    raise DatasetConversionError(f"{path} ends before its closing ']': the file is truncated.")
-                return
-            if in_list and buffer[pos] == "]":
-                return
-            while True:
-                try:
-                    record, end = decoder.raw_decode(buffer, pos)
-                    break
-                except json.JSONDecodeError as e:
-                    if len(buffer) - pos > max_record_chars or not more():
-                        raise DatasetConversionError(
-                            f"{path}: record #{index} is not valid JSON ({e.msg}, within {len(buffer) - pos} "
-                            f"characters); the file is damaged or truncated."
-                        ) from None
-            pos = end
-            yield record
-            index += 1
+        try:
+            for record in records:
+                yield record
+                index += 1
+        except ijson.JSONError as e:
+            reason = str(e).splitlines()[0]
+            raise DatasetConversionError(
+                f"{path}: record #{index} is not valid JSON ({reason}); the file is damaged or truncated."
+            ) from None
 
 
 def _resolve_image(image_root, relative, record_id, source_path):
@@ -139,7 +113,7 @@ def _resolve_image(image_root, relative, record_id, source_path):
     if not full.startswith(image_root + os.sep):
         raise DatasetConversionError(
             f"{source_path}: record {record_id!r} has image path {relative!r}, which points outside the image folder "
-            f"{image_root!r}. Image paths must be relative to --image-folder and stay inside it; fix the record or "
+            f"{image_root!r}. Image paths must be relative to --image_folder and stay inside it; fix the record or "
             f"pass the folder the paths are relative to."
         )
     return full
@@ -479,7 +453,7 @@ def find_sources(data_dir=None, overrides=None):
         sources[config] = path
     if not sources:
         raise DatasetConversionError(
-            f"No source files: give --data-dir holding {sorted(SOURCES.values())} or --source CONFIG=PATH."
+            f"No source files: give --data_dir holding {sorted(SOURCES.values())} or --source CONFIG=PATH."
         )
     return sources
 
@@ -543,7 +517,10 @@ def _size_category(n):
 
 def render_dataset_card(reports, repo_id, license="other", model_repo=None):
     """README.md of the dataset: YAML with the configs (data files), sizes and schema, then what each config holds,
-    the schema, how to load it and the conversion's skip counts."""
+    the schema, how to load it and the conversion's skip counts.
+
+    `datasets` writes the metadata (`DatasetInfosDict` and `MetadataConfigs` into huggingface_hub's `DatasetCardData`,
+    as `push_to_hub` does); the body is ours: its tables hold this conversion's counts."""
     from datasets import DatasetInfo, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.splits import SplitDict

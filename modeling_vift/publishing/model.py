@@ -236,7 +236,10 @@ def usage_snippet(repo_id, image_size):
 
 
 def render_model_card(config, repo_id, base_models, license="apache-2.0", datasets=(), tags=(), generation=None):
-    """The model card: YAML metadata, what the model is, the usage snippet, the fusion defaults, data and citation."""
+    """The model card: YAML metadata, what the model is, the usage snippet, the fusion defaults, data and citation.
+
+    huggingface_hub's `ModelCardData` writes the metadata; the body is ours because its values (towers, fusion
+    defaults, usage) come from this model's config, which no library card template knows."""
     from huggingface_hub import ModelCardData
 
     metadata = ModelCardData(
@@ -316,8 +319,8 @@ def plan_model_upload(checkpoint, repo_id, base_models=None, license="apache-2.0
     if not base_models:
         raise PublishError(
             "The model card needs its base models (the language model and the vision tower) and the config does not "
-            "name them: pass --base-model twice, e.g. --base-model Qwen/Qwen2.5-7B-Instruct "
-            "--base-model google/siglip-so400m-patch14-384."
+            "name them: pass --base_model with both, e.g. --base_model Qwen/Qwen2.5-7B-Instruct "
+            "google/siglip-so400m-patch14-384."
         )
     for base in base_models:
         check_repo_id(base, "model")
@@ -424,7 +427,7 @@ def push_model(
         stray = sorted(set(_list_files(local_dir)) - {f.path_in_repo for f in files})
         if stray:
             raise PublishError(
-                f"--local-dir {local_dir!r} holds files that are not part of this repository ({stray[:5]}): give an "
+                f"--local_dir {local_dir!r} holds files that are not part of this repository ({stray[:5]}): give an "
                 f"empty or new folder, so that it shows exactly what is uploaded."
             )
     log(format_plan(files, repo_id, "model", private, revision, left_out))

@@ -59,6 +59,8 @@ def format_size(num_bytes):
 
 
 def format_plan(files, repo_id, repo_type, private, revision, left_out=()):
+    """The plan printed before anything is sent (and all that `--dry_run` does): huggingface_hub's uploads have no
+    dry run that lists files, sizes and where each comes from."""
     total = sum(f.size for f in files)
     lines = [
         f"Repository: {repo_id} ({repo_type}, {'private' if private else 'public'}, revision {revision or 'main'})",
@@ -74,7 +76,10 @@ def format_plan(files, repo_id, repo_type, private, revision, left_out=()):
 
 
 def materialize(files, directory, link=True):
-    """Writes the planned files into `directory` laid out as in the repository (hard links where possible)."""
+    """Writes the planned files into `directory` laid out as in the repository (hard links where possible).
+
+    huggingface_hub uploads folders as they are on disk; the plan mixes files of the checkpoint with generated ones
+    (card, generation config), so they are laid out here first, without copying the weights."""
     os.makedirs(directory, exist_ok=True)
     for f in files:
         target = os.path.join(directory, f.path_in_repo)

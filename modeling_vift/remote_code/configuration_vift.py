@@ -154,14 +154,7 @@ class ViFTConfig(PretrainedConfig):
         if self.projector_depth < 1:
             raise ValueError(f"projector_depth must be >= 1, got {projector_depth}.")
 
-        num_vision_layers = self.vision_config.num_hidden_layers
-        if not -(num_vision_layers + 1) <= vision_feature_layer <= num_vision_layers:
-            raise ValueError(
-                f"vision_feature_layer={vision_feature_layer} is out of range: the vision tower has "
-                f"{num_vision_layers} layers, so its hidden_states hold {num_vision_layers + 1} entries and the "
-                f"index must lie in [{-(num_vision_layers + 1)}, {num_vision_layers}]."
-            )
-        self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_layer = check_vision_feature_layer(vision_feature_layer, self.vision_config.num_hidden_layers)
 
         self.image_seq_length = int(image_seq_length) if image_seq_length else self.default_image_seq_length()
 
@@ -231,6 +224,17 @@ def check_fusion_weights(fusion_alpha, fusion_beta):
     return tuple(checked)
 
 
+def check_vision_feature_layer(vision_feature_layer, num_layers):
+    """Returns `vision_feature_layer` if it indexes the `num_layers + 1` hidden states of the vision tower, else raises."""
+    if not -(num_layers + 1) <= vision_feature_layer <= num_layers:
+        raise ValueError(
+            f"vision_feature_layer={vision_feature_layer} is out of range: the vision tower has {num_layers} layers, so "
+            f"its hidden_states hold {num_layers + 1} entries and the index must lie in [{-(num_layers + 1)}, "
+            f"{num_layers}]."
+        )
+    return vision_feature_layer
+
+
 def check_fusion_layers(fusion_layers, num_layers=None):
     """Validates a half-open `[start, end)` layer range against a model of `num_layers` decoder layers (with
     `num_layers=None`, only that it is a pair of integers with 0 <= start < end)."""
@@ -264,6 +268,7 @@ __all__ = [
     "check_fusion_layers",
     "check_fusion_weights",
     "check_transformers_version",
+    "check_vision_feature_layer",
     "compute_image_seq_length",
     "fusion_setting",
     "tower_has_cls_token",

@@ -18,7 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils import torch_compilable_check
 
-from .configuration_vift import ViFTConfig, add_image_token, vision_tower_config
+from .configuration_vift import ViFTConfig, add_image_token, check_vision_feature_layer, vision_tower_config
 from .fusion_vift import decoder_layers, derive_text_only_prompt, explain_fusion, fused_generate
 from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_columns, sample_ids
 
@@ -144,8 +144,7 @@ class ViFTPreTrainedModel(PreTrainedModel):
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
         elif isinstance(module, ZeroInitLinear):  # VPG-C's guidance and output projections: an exact no-op at start
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
+            module.reset_parameters()
         else:
             super()._init_weights(module)
 
@@ -189,12 +188,6 @@ class ViFTModel(ViFTPreTrainedModel):
         updated = apply_vpgc(self.vpgc, hidden, step["image_mask"], step["patch_features"], step["instruction_cols"])
         return ((updated,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": updated})
 
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
     def get_image_features(
         self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, output_hidden_states=None,
         output_attentions=None, return_dict=None, **kwargs,
@@ -225,12 +218,7 @@ class ViFTModel(ViFTPreTrainedModel):
         """The vision tower's outputs and its selected patch features."""
         vision_feature_layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        num_layers = self.config.vision_config.num_hidden_layers
-        if not -(num_layers + 1) <= vision_feature_layer <= num_layers:
-            raise ValueError(
-                f"vision_feature_layer={vision_feature_layer} is out of range for a vision tower with {num_layers} "
-                f"layers ({num_layers + 1} hidden states): use an index in [{-(num_layers + 1)}, {num_layers}]."
-            )
+        check_vision_feature_layer(vision_feature_layer, self.config.vision_config.num_hidden_layers)
         if pixel_values.ndim != 4:
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
@@ -437,11 +425,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if getattr(self, "_auto_class", None) is not None:
-            # register_for_auto_class records one auto class; AutoModel must load the generating model too.
-            module = self.__class__.__module__.rsplit(".", 1)[-1]
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map["AutoModel"] = f"{module}.{self.__class__.__name__}"
-            self.config.auto_map = auto_map
+            add_auto_model_entry(self)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -481,18 +465,6 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         # The LM's generation defaults (its end-of-turn tokens above all) carry over.
         model.generation_config = causal_lm.generation_config
         return model
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     @property
     def language_model(self):
@@ -671,6 +643,13 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         return explain_fusion(
             input_ids, attention_mask, text_input_ids, text_attention_mask, tokenizer, self.config.image_token_id
         )
+
+
+def add_auto_model_entry(model):
+    """Maps `AutoModel` to the model's own class in `model.config.auto_map`: `register_for_auto_class` records one auto
+    class per class, and AutoModel must load the generating model too."""
+    module = type(model).__module__.rsplit(".", 1)[-1]
+    model.config.auto_map = {**(getattr(model.config, "auto_map", None) or {}), "AutoModel": f"{module}.{type(model).__name__}"}
 
 
 def packed_shift_labels(labels, position_ids):

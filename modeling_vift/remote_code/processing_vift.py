@@ -10,11 +10,12 @@ This file is part of the remote-code bundle: it imports only torch, transformers
 
 import re
 
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, ProcessorMixin
 
 # From its module: transformers 5.17 without torchvision exports a placeholder at the top level that refuses to load
 # any image processor (the PIL ones included).
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
+from transformers.processing_utils import ProcessingKwargs
 from transformers.utils import is_vision_available
 
 from .configuration_vift import add_image_token, compute_image_seq_length
@@ -54,8 +55,9 @@ _FLATTEN_CONTENT_PREFIX = (
     "{%- set messages = _vift.messages -%}"
 )
 
-# Used when the tokenizer has no chat template of its own (ChatML, as Qwen2 uses).
-DEFAULT_CHAT_TEMPLATE = (
+# Used when the tokenizer has no chat template of its own (ChatML, as Qwen2 uses); the tiny test and demo tokenizers
+# carry it too.
+CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{%- endfor -%}"
@@ -66,7 +68,7 @@ DEFAULT_CHAT_TEMPLATE = (
 def build_chat_template(text_template, image_token="<image>"):
     """The processor's chat template: the LM's template (or ChatML) behind the content-flattening prefix."""
     prefix = _FLATTEN_CONTENT_PREFIX.replace("<image>", image_token)
-    return prefix + (text_template or DEFAULT_CHAT_TEMPLATE)
+    return prefix + (text_template or CHATML_TEMPLATE)
 
 
 def pad_image_to_square(image, fill):
@@ -136,6 +138,15 @@ def check_messages(messages):
             )
 
 
+class ViFTProcessorKwargs(ProcessingKwargs, total=False):
+    # `_defaults` rather than the processor's class attributes: transformers 5.17 reads only `_defaults`.
+    # Pixel values are tensors even when the caller asks for lists (the model takes nothing else).
+    _defaults = {
+        "text_kwargs": {"padding": True, "add_special_tokens": False},
+        "images_kwargs": {"return_tensors": "pt"},
+    }
+
+
 class ViFTProcessor(ProcessorMixin):
     r"""
     Processor of ViFT models.
@@ -150,7 +161,7 @@ class ViFTProcessor(ProcessorMixin):
             colour before resizing (the authors' stage-2 setting).
     """
 
-    valid_processor_kwargs = None
+    valid_processor_kwargs = ViFTProcessorKwargs
 
     def __init__(
         self,
@@ -251,79 +262,46 @@ class ViFTProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ text
 
-    def expand_image_tokens(self, text):
-        """Replaces each `<image>` placeholder with `image_seq_length` image tokens."""
-        return text.replace(self.image_token, self.image_token * self.image_seq_length)
+    def replace_image_token(self, image_inputs, image_idx, **kwargs):
+        """What one `<image>` placeholder expands to: `image_seq_length` image tokens (every image has as many)."""
+        return self.image_token * self.image_seq_length
 
     def strip_images(self, text):
         """The text-only prompt: the same text with each placeholder (and the newline after it) removed."""
         return re.sub(re.escape(self.image_token) + r"\n?", "", text)
 
-    def __call__(
-        self,
-        images=None,
-        text=None,
-        return_text_only=False,
-        pad_to_square=None,
-        return_tensors=None,
-        padding=None,
-        padding_side=None,
-        truncation=None,
-        max_length=None,
-        add_special_tokens=False,
-        **kwargs,
-    ):
-        """
-        Tokenises `text` (a string or a list) with every `<image>` expanded, and processes `images` (a PIL image,
-        a list, or a list of per-sample lists, in order of appearance). With `return_text_only=True` it also
-        returns `text_input_ids` / `text_attention_mask`: the prompts with their images removed.
-        Truncation never cuts through image tokens: a truncated prompt raises instead.
-        """
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Refuses a call without text, and placeholder and image counts that differ (naming both)."""
         if text is None:
             raise ValueError("ViFTProcessor needs `text`; use processor.image_processor for images alone.")
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("`text` must be a string or a list of strings.")
-        flat_images = self.prepare_images(images, pad_to_square)
         n_placeholders = [t.count(self.image_token) for t in texts]
-        if sum(n_placeholders) != len(flat_images):
+        n_images = len(images) if images is not None else 0
+        if sum(n_placeholders) != n_images:
             raise ValueError(
                 f"The text holds {sum(n_placeholders)} {self.image_token} placeholder(s) (per sample: {n_placeholders}) "
-                f"but {len(flat_images)} image(s) were given: the two numbers must be equal."
+                f"but {n_images} image(s) were given: the two numbers must be equal."
             )
-        if padding is None:
-            padding = len(texts) > 1
-        tok_kwargs = dict(
-            padding=padding, add_special_tokens=add_special_tokens, return_tensors=return_tensors, **kwargs
-        )
-        if padding_side is not None:
-            tok_kwargs["padding_side"] = padding_side
-        if truncation:
-            tok_kwargs.update(truncation=truncation, max_length=max_length)
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
-        expanded = [self.expand_image_tokens(t) for t in texts]
-        data = dict(self.tokenizer(expanded, **tok_kwargs))
-        if truncation:
-            self._check_no_cut_images(data["input_ids"], n_placeholders)
-        if flat_images:
-            pixel_values = self.image_processor(flat_images, return_tensors=return_tensors or "pt")["pixel_values"]
-            data["pixel_values"] = pixel_values
+    def __call__(self, images=None, text=None, return_text_only=False, pad_to_square=None, **kwargs):
+        """
+        `ProcessorMixin.__call__` (every tokenizer and image-processor option, flat or per modality) over RGB images,
+        padded to square if asked. `text` is a string or a list; `images` a PIL image, a list, or a list of
+        per-sample lists, in order of appearance. Several texts are padded to the longest unless `padding` says
+        otherwise. With `return_text_only=True` it also returns `text_input_ids` / `text_attention_mask`: the prompts
+        with their images removed. Truncation that cuts through image tokens raises.
+        """
+        images = self.prepare_images(images, pad_to_square) or None
+        inputs = super().__call__(images=images, text=text, **kwargs)
         if return_text_only:
-            text_only = self.tokenizer([self.strip_images(t) for t in texts], **tok_kwargs)
-            data["text_input_ids"] = text_only["input_ids"]
-            data["text_attention_mask"] = text_only["attention_mask"]
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def _check_no_cut_images(self, input_ids, n_placeholders):
-        for row, (ids, expected) in enumerate(zip(input_ids, n_placeholders)):
-            ids = ids.tolist() if hasattr(ids, "tolist") else ids
-            found = sum(1 for i in ids if i == self.image_token_id)
-            if found != expected * self.image_seq_length:
-                raise ValueError(
-                    f"Truncation cut through image tokens in sample {row}: {found} image tokens remain of the "
-                    f"{expected * self.image_seq_length} its {expected} image(s) need. Raise max_length or drop "
-                    f"the sample."
-                )
+            texts = [text] if isinstance(text, str) else list(text)
+            text_only = super().__call__(text=[self.strip_images(t) for t in texts], **kwargs)
+            inputs["text_input_ids"] = text_only["input_ids"]
+            inputs["text_attention_mask"] = text_only["attention_mask"]
+        return inputs
 
     # ------------------------------------------------------------------ chat
 
@@ -365,16 +343,6 @@ class ViFTProcessor(ProcessorMixin):
         for key in ("tools", "documents", "continue_final_message", "return_dict"):
             call_kwargs.pop(key, None)
         return self(images=images or None, text=rendered, **call_kwargs)
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
-    @property
-    def model_input_names(self):
-        return ["input_ids", "attention_mask", "pixel_values"]
 
 
 __all__ = ["ViFTProcessor"]

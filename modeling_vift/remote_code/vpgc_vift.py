@@ -17,7 +17,12 @@ from torch import nn
 
 
 class ZeroInitLinear(nn.Linear):
-    """A linear layer that the model's weight initialisation sets to zero (weight and bias)."""
+    """A linear layer whose initialisation (its own, and the model's weight initialisation) is zero, weight and bias."""
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
 
 class ViFTVisualPromptCompleter(nn.Module):
@@ -42,8 +47,7 @@ class ViFTVisualPromptCompleter(nn.Module):
     def reset_zero_projections(self):
         """Zero guidance and output projections: the module adds exactly nothing until trained."""
         for linear in (self.guidance, self.output):
-            nn.init.zeros_(linear.weight)
-            nn.init.zeros_(linear.bias)
+            linear.reset_parameters()
 
     def forward(self, image_states, instruction_states, patch_features):
         """image_states (images, tokens, text_size), instruction_states (images, text_size),

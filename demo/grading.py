@@ -1,4 +1,4 @@
-"""Scoring and batched generation for the demo's evaluation.
+"""Grading the demo's answers: scoring, prompts and batched generation for the demo's evaluation.
 
 A response is scored on the answer it states after "So the answer is" (the format the text-only instructions teach);
 a response that states none (e.g. a bare caption) is wrong. The stated answer must match exactly after normalisation
@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 
 import torch
 from tqdm.auto import tqdm
+
+from modeling_vift.evaluation.runner import generate_greedy
 
 from .world import final_answer, parse_caption, textual_prompt, visual_messages
 
@@ -119,34 +121,26 @@ def conversation_prompt(processor, record):
 # ----------------------------------------------------------------------------------------------- generation
 
 
-@torch.no_grad()
 def generate(model, processor, prompts, images=None, fusion=None, batch_size=64, max_new_tokens=8, desc=None):
-    """Greedy answers for `prompts` (rendered strings); `images[i]` is the list of PIL images of prompt i.
+    """Greedy answers for `prompts` (rendered strings), in batches of `batch_size`; `images[i]` is the list of PIL
+    images of prompt i.
 
     `fusion=None` is plain generation; `fusion=(alpha, beta, (start, end))` is ViFT's fused generation with the
     text-only prompt q returned by the processor (`return_text_only=True`: the same chat prompt, images removed)."""
+    fusion_kwargs = None
+    if fusion is not None:
+        alpha, beta, layers = fusion
+        fusion_kwargs = dict(fusion=True, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=tuple(layers))
     answers = []
-    tokenizer = processor.tokenizer
     bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=desc is None, ncols=90)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         batch_images = [im for row in images[start:start + batch_size] for im in row] if images else None
-        inputs = processor(images=batch_images or None, text=batch, return_tensors="pt", padding=True,
-                           padding_side="left", return_text_only=fusion is not None)
-        kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                      max_new_tokens=max_new_tokens, do_sample=False,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        if "pixel_values" in inputs:
-            kwargs["pixel_values"] = inputs["pixel_values"]
-        if fusion is not None:
-            alpha, beta, layers = fusion
-            kwargs.update(fusion=True, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=tuple(layers),
-                          text_input_ids=inputs["text_input_ids"], text_attention_mask=inputs["text_attention_mask"])
-        output = model.generate(**kwargs)
-        answers += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers += generate_greedy(model, processor, batch, batch_images, max_new_tokens, fusion=fusion_kwargs,
+                                   eos_token_id=processor.tokenizer.eos_token_id)
         bar.update(len(batch))
     bar.close()
-    return [a.strip() for a in answers]
+    return answers
 
 
 @torch.no_grad()
