@@ -2,13 +2,15 @@
 folder that loads with trust_remote_code and supports fused generation.
 
     python -m hub.convert_llava SOURCE OUTPUT [--layout auto|bunny|llava] [--vision-tower PATH_OR_ID] \
-        [--language-model PATH] [--dtype bfloat16] [--max-shard-size 5GB] [--chat-template FILE] \
+        [--language-model PATH] [--conv-mode MODE] [--dtype bfloat16] [--max-shard-size 5GB] [--chat-template FILE] \
         [--fusion-layers START END] [--fusion-alpha A] [--fusion-beta B] [--compare] [--overwrite]
 
 Bunny checkpoints whose state dict lacks the vision tower (it was frozen) take it from `mm_vision_tower` in their
 config, or from `--vision-tower`; projector-only stage-1 outputs (mm_projector.bin) need `--language-model`.
-`--compare` (llava only) loads source and result in float32 (memory for both) and prints the largest logits
-difference on a random input.
+Bunny prompts follow Bunny's conversation mode: by default the one of the checkpoint's model_type (bunny-qwen2: qwen2,
+bunny-llama: llama, a projector-only checkpoint: plain); `--conv-mode` chooses another (bunny, phi3, minicpm, llama,
+qwen2, plain). `--compare` (llava only) loads source and result in float32 (memory for both), feeds each its own
+processor's ids and pixels for the same prompt and random RGBA images, and prints the largest logits difference.
 """
 
 import argparse
@@ -26,6 +28,8 @@ def main(argv=None):
     parser.add_argument("--layout", choices=["auto", "bunny", "llava"], default="auto")
     parser.add_argument("--vision-tower", default=None, help="Bunny: the vision tower folder or Hub id")
     parser.add_argument("--language-model", default=None, help="Bunny: the base LM folder (projector-only sources)")
+    parser.add_argument("--conv-mode", default=None,
+                        help="Bunny: the conversation mode of the prompts (default: from model_type)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="cast the weights (default: keep the stored dtype)")
     parser.add_argument("--max-shard-size", default="5GB")
@@ -49,6 +53,7 @@ def main(argv=None):
             max_shard_size=args.max_shard_size,
             chat_template=args.chat_template,
             overwrite=args.overwrite,
+            conv_mode=args.conv_mode,
             **overrides,
         )
     except (ConversionError, ValueError) as e:

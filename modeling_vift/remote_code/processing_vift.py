@@ -80,6 +80,9 @@ def pad_image_to_square(image, fill):
     return canvas
 
 
+RGB_CONVERSIONS = ("composite_white", "pil", "image_processor")
+
+
 def to_rgb(image):
     """Converts a PIL image of any mode (RGBA, LA, P, L, CMYK, I;16, I, F, ...) to RGB.
 
@@ -148,6 +151,15 @@ class ViFTProcessor(ProcessorMixin):
         image_seq_length (`int`): number of image tokens one image expands to (the model config's value).
         pad_to_square (`bool`, defaults to `False`): pad images to a square with the image processor's mean
             colour before resizing (the authors' stage-2 setting).
+        add_special_tokens (`bool`, defaults to `False`): what `__call__` (and `apply_chat_template(tokenize=True)`)
+            passes to the tokenizer when the caller does not say. `False` suits models trained with the ViFT recipes;
+            converted checkpoints set `True`, as their own pipelines tokenize (`LlavaProcessor`, Bunny's
+            `tokenizer_image_token`): a Llama tokenizer then prepends its BOS, a Qwen2 tokenizer adds nothing.
+        rgb_conversion (`str`, defaults to `"composite_white"`): how non-RGB images become RGB.
+            `"composite_white"`: transparent pixels are composited on white (see `to_rgb`);
+            `"pil"`: `PIL.Image.convert("RGB")`, which drops the alpha channel (the authors' Bunny evaluation);
+            `"image_processor"`: images go to the image processor unchanged and it converts them (what
+            `LlavaProcessor` does; the result follows the installed transformers: 5.17 drops alpha, 5.24 composites).
     """
 
     valid_processor_kwargs = None
@@ -160,6 +172,8 @@ class ViFTProcessor(ProcessorMixin):
         image_token="<image>",
         image_seq_length=None,
         pad_to_square=False,
+        add_special_tokens=False,
+        rgb_conversion="composite_white",
         **kwargs,
     ):
         if tokenizer is None or image_processor is None:
@@ -167,6 +181,10 @@ class ViFTProcessor(ProcessorMixin):
         self.image_token = image_token
         self.image_seq_length = image_seq_length
         self.pad_to_square = bool(pad_to_square)
+        self.add_special_tokens = bool(add_special_tokens)
+        if rgb_conversion not in RGB_CONVERSIONS:
+            raise ValueError(f"rgb_conversion={rgb_conversion!r}: expected one of {RGB_CONVERSIONS}.")
+        self.rgb_conversion = rgb_conversion
         self.image_token_id = self._lookup_image_token_id(tokenizer, image_token)
         if chat_template is None:
             chat_template = build_chat_template(getattr(tokenizer, "chat_template", None), image_token)
@@ -243,7 +261,12 @@ class ViFTProcessor(ProcessorMixin):
                     f"ViFTProcessor takes PIL images (or nested lists of them); got {type(item).__name__}. "
                     f"Open files with PIL.Image.open and pass the image objects."
                 )
-            image = to_rgb(item)
+            if self.rgb_conversion == "pil":
+                image = item.convert("RGB")
+            elif self.rgb_conversion == "image_processor" and not pad:
+                image = item
+            else:
+                image = to_rgb(item)
             flat.append(pad_image_to_square(image, self._mean_fill()) if pad else image)
 
         visit(images)
@@ -270,7 +293,7 @@ class ViFTProcessor(ProcessorMixin):
         padding_side=None,
         truncation=None,
         max_length=None,
-        add_special_tokens=False,
+        add_special_tokens=None,
         **kwargs,
     ):
         """
@@ -278,6 +301,7 @@ class ViFTProcessor(ProcessorMixin):
         a list, or a list of per-sample lists, in order of appearance). With `return_text_only=True` it also
         returns `text_input_ids` / `text_attention_mask`: the prompts with their images removed.
         Truncation never cuts through image tokens: a truncated prompt raises instead.
+        `add_special_tokens` defaults to the processor's setting (`self.add_special_tokens`).
         """
         if text is None:
             raise ValueError("ViFTProcessor needs `text`; use processor.image_processor for images alone.")
@@ -293,6 +317,8 @@ class ViFTProcessor(ProcessorMixin):
             )
         if padding is None:
             padding = len(texts) > 1
+        if add_special_tokens is None:
+            add_special_tokens = self.add_special_tokens
         tok_kwargs = dict(
             padding=padding, add_special_tokens=add_special_tokens, return_tensors=return_tensors, **kwargs
         )
@@ -362,6 +388,9 @@ class ViFTProcessor(ProcessorMixin):
             )
         # transformers >= 5.4 (and TRL) pass the tokenizer/processor options as `processor_kwargs`
         call_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), **kwargs}
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if "add_special_tokens" not in call_kwargs and bos and all(r.startswith(bos) for r in rendered):
+            call_kwargs["add_special_tokens"] = False  # the template wrote the BOS already (as transformers does)
         for key in ("tools", "documents", "continue_final_message", "return_dict"):
             call_kwargs.pop(key, None)
         return self(images=images or None, text=rendered, **call_kwargs)
