@@ -2,14 +2,16 @@
 folder that loads with trust_remote_code and supports fused generation.
 
     python -m hub.convert_llava --source SOURCE --output OUTPUT [--layout auto|bunny|llava] \
-        [--vision_tower PATH_OR_ID] [--language_model PATH] [--dtype bfloat16] [--max_shard_size 5GB] \
-        [--chat_template FILE] [--fusion_layers START END] [--fusion_alpha A] [--fusion_beta B] [--compare] \
-        [--overwrite]
+        [--vision_tower PATH_OR_ID] [--language_model PATH] [--conv_mode MODE] [--dtype bfloat16] \
+        [--max_shard_size 5GB] [--chat_template FILE] [--fusion_layers START END] [--fusion_alpha A] [--fusion_beta B] \
+        [--compare] [--overwrite]
 
 Bunny checkpoints whose state dict lacks the vision tower (it was frozen) take it from `mm_vision_tower` in their
 config, or from `--vision_tower`; projector-only stage-1 outputs (mm_projector.bin) need `--language_model`.
-`--compare` (llava only) loads source and result in float32 (memory for both) and prints the largest logits
-difference on a random input.
+Bunny prompts follow Bunny's conversation mode: by default the one of the checkpoint's model_type (bunny-qwen2: qwen2,
+bunny-llama: llama, a projector-only checkpoint: plain); `--conv_mode` chooses another (bunny, phi3, minicpm, llama,
+qwen2, plain). `--compare` (llava only) loads source and result in float32 (memory for both), feeds each its own
+processor's ids and pixels for the same prompt and random RGBA images, and prints the largest logits difference.
 """
 
 import sys
@@ -30,6 +32,9 @@ class ConvertArguments:
     vision_tower: str | None = field(default=None, metadata={"help": "Bunny: the vision tower folder or Hub id"})
     language_model: str | None = field(
         default=None, metadata={"help": "Bunny: the base LM folder (projector-only sources)"}
+    )
+    conv_mode: str | None = field(
+        default=None, metadata={"help": "Bunny: the conversation mode of the prompts (default: from model_type)"}
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = field(
         default=None, metadata={"help": "cast the weights (default: keep the stored dtype)"}
@@ -58,6 +63,7 @@ def main(argv=None):
             max_shard_size=args.max_shard_size,
             chat_template=args.chat_template,
             overwrite=args.overwrite,
+            conv_mode=args.conv_mode,
             **overrides,
         )
     except (ConversionError, ValueError) as e:

@@ -4,15 +4,22 @@ Two source layouts are understood:
 
 - **Bunny** (the authors' training code, a fork of BAAI-DCAI/Bunny): a causal-LM folder whose `config.json` is the
   language model's config plus `mm_vision_tower`, `mm_projector_type`, `mm_hidden_size`, `image_aspect_ratio`, ...
-  (`model_type` `bunny-qwen`, `bunny-qwen2`, `bunny-llama`). Its state dict holds the language model
+  (`model_type` `bunny-qwen2`, `bunny-llama`, and `bunny-qwen`, the older name of Bunny's Qwen class). Its state dict holds the language model
   (`model.embed_tokens.*`, `model.layers.*`, `model.norm.*`, `lm_head.*`), the projector `model.mm_projector.*`
   (an `nn.Sequential` of Linear, GELU, Linear, ... so the linear layers sit at even indices) and, when the vision
-  tower was trained (`unfreeze_vision_tower`), the tower under `model.vision_tower.vision_tower.*`. Otherwise the
-  tower comes from `mm_vision_tower` (or `--vision_tower`). Bunny reads features from hidden layer -2, drops the
-  CLS token of CLIP towers and keeps every SigLIP token; `image_aspect_ratio: pad` pads images to square.
+  tower was trained (`unfreeze_vision_tower`), the tower under `model.vision_tower.vision_tower.*`. As Bunny's loader
+  does, the stored tower is used only when `unfreeze_vision_tower` is true; otherwise the tower comes from
+  `mm_vision_tower` (or `--vision_tower`). Bunny reads features from hidden layer -2, drops the CLS token of CLIP
+  towers and keeps every SigLIP token; `image_aspect_ratio: pad` pads images to square. A stage-1 output
+  (`mm_projector.bin` alone) takes the language model from `--language_model`. The loader also resizes the
+  embeddings to `len(tokenizer)`: the converted model has exactly those rows plus the image token's. The prompt is
+  Bunny's conversation mode (`bunny_prompts`), chosen from `model_type` or `--conv_mode`; the processor tokenizes as
+  `tokenizer_image_token` does (the tokenizer's own BOS) and converts images with `Image.convert("RGB")`.
 - **llava-hf** (`LlavaForConditionalGeneration`), in the transformers 5 key layout (`model.language_model.*`,
   `model.vision_tower.*`, `model.multi_modal_projector.*`, `lm_head.*`) or the older one (`language_model.model.*`,
-  `language_model.lm_head.*`, `vision_tower.*`, `multi_modal_projector.*`).
+  `language_model.lm_head.*`, `vision_tower.*`, `multi_modal_projector.*`). The processor tokenizes as
+  `LlavaProcessor` does (`add_special_tokens=True`: a Llama tokenizer's BOS) and lets the image processor convert
+  images to RGB, as `LlavaProcessor` does.
 
 Weights are streamed tensor by tensor from the source files into new safetensors shards, so memory stays near one
 output shard. Every check (files, config fields, tensor names and shapes) runs before anything is written, and the
@@ -38,7 +45,8 @@ from ..remote_code.configuration_vift import (
     vision_tower_config,
 )
 from ..remote_code.modeling_vift import ViFTForConditionalGeneration, add_auto_model_entry
-from ..remote_code.processing_vift import ViFTProcessor
+from ..remote_code.processing_vift import ViFTProcessor, build_chat_template
+from .bunny_prompts import BUNNY_MODEL_TYPES, bunny_chat_template
 
 
 class ConversionError(ValueError):
@@ -48,8 +56,8 @@ class ConversionError(ValueError):
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-# Bunny's language-model families that map onto a transformers model type, and the towers whose CLS token Bunny drops.
-BUNNY_TEXT_MODEL_TYPES = {"bunny-qwen": "qwen2", "bunny-qwen2": "qwen2", "bunny-llama": "llama"}
+# Bunny's language-model families that map onto a transformers model type.
+BUNNY_TEXT_MODEL_TYPES = {k: text for k, (text, _) in BUNNY_MODEL_TYPES.items() if text is not None}
 _BUNNY_ONLY_KEYS = (
     "mm_vision_tower", "mm_projector_type", "mm_hidden_size", "mm_projector_lr", "use_mm_proj", "image_aspect_ratio",
     "tokenizer_padding_side", "tokenizer_model_max_length", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter",
@@ -157,6 +165,9 @@ class ConversionPlan:
     image_processor: object
     chat_template: str | None = None
     pad_to_square: bool = False
+    add_special_tokens: bool = True
+    rgb_conversion: str = "composite_white"
+    shrink_vocab_to_tokenizer: bool = False
     generation_config: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -174,7 +185,7 @@ def detect_layout(source):
     raise ConversionError(
         f"Cannot tell the layout of {source!r}: config.json has model_type {model_type!r}. Supported sources are "
         f"llava-hf LlavaForConditionalGeneration checkpoints (model_type 'llava') and the authors' Bunny checkpoints "
-        f"(model_type 'bunny-qwen' / 'bunny-qwen2' / 'bunny-llama', with mm_vision_tower and mm_projector_type)."
+        f"(model_type {' / '.join(sorted(BUNNY_TEXT_MODEL_TYPES))}, with mm_vision_tower and mm_projector_type)."
     )
 
 
@@ -191,7 +202,7 @@ def plan_llava(source, chat_template=None, **config_overrides):
         AutoImageProcessor,  # the import that works without torchvision on transformers 5.17
     )
 
-    _read_json(os.path.join(source, "config.json"))
+    raw_config = _read_json(os.path.join(source, "config.json"))
     files = weight_files(source)
     llava = AutoConfig.from_pretrained(source)
     vision_config = vision_tower_config(llava.vision_config)
@@ -209,7 +220,8 @@ def plan_llava(source, chat_template=None, **config_overrides):
             f"position as if it were a CLS token, but this tower has none, and ViFT keeps every patch. Such a "
             f"checkpoint cannot be converted exactly."
         )
-    declared = getattr(llava, "image_seq_length", None)
+    # AutoConfig fills in 576 when config.json does not say: only a value written in the file is checked.
+    declared = raw_config.get("image_seq_length")
     if declared is not None and int(declared) != image_seq_length:
         raise ConversionError(
             f"The LLaVA config says one image is {declared} tokens, but its vision tower "
@@ -267,15 +279,18 @@ def plan_llava(source, chat_template=None, **config_overrides):
         image_processor=image_processor,
         chat_template=template,
         pad_to_square=False,
+        add_special_tokens=True,
+        rgb_conversion="image_processor",
         generation_config=_generation_defaults(source),
         notes=notes + ([] if image_token == "<image>" else [f"Image token {image_token!r} replaced by '<image>'."]),
     )
 
 
-def plan_bunny(source, vision_tower=None, language_model=None, chat_template=None, **config_overrides):
+def plan_bunny(source, vision_tower=None, language_model=None, chat_template=None, conv_mode=None, **config_overrides):
     """The plan for an authors' Bunny checkpoint folder. `vision_tower` overrides `mm_vision_tower` (needed when the
     checkpoint does not hold the tower's weights and that path is not reachable); `language_model` gives the base LM
-    when the checkpoint holds only the projector (`mm_projector.bin`, stage-1 output)."""
+    when the checkpoint holds only the projector (`mm_projector.bin`, stage-1 output). `conv_mode` names Bunny's
+    conversation mode (default: the one of `model_type`, `plain` for a projector-only checkpoint)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from ..remote_code.processing_vift import (
@@ -286,10 +301,13 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
     model_type = bunny.get("model_type", "")
     text_type = BUNNY_TEXT_MODEL_TYPES.get(model_type)
     if text_type is None:
+        known = "" if model_type in BUNNY_MODEL_TYPES else f" (Bunny's model types are {sorted(BUNNY_MODEL_TYPES)})"
         raise ConversionError(
-            f"Bunny model_type {model_type!r} is not supported: ViFT converts {sorted(BUNNY_TEXT_MODEL_TYPES)} "
+            f"Bunny model_type {model_type!r} is not supported{known}: ViFT converts {sorted(BUNNY_TEXT_MODEL_TYPES)} "
             f"(Bunny's other language models use their own modeling code, whose weights do not map onto transformers classes)."
         )
+    if chat_template is not None and conv_mode is not None:
+        raise ConversionError("Pass --chat-template or --conv-mode, not both.")
     projector_type = bunny.get("mm_projector_type", "mlp2x_gelu")
     match = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
     if projector_type == "linear":
@@ -334,26 +352,39 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
 
     files = weight_files(source) if _has_weights(source) else []
     projector_only = os.path.join(source, "mm_projector.bin")
-    sources = []
-    if files:
-        sources.append(WeightSource("bunny checkpoint", files, _bunny_rename))
-    elif os.path.exists(projector_only):
-        sources.append(WeightSource("bunny projector (mm_projector.bin)", [projector_only], _bunny_rename))
-    else:
-        weight_files(source)  # raises the "no weights" error
+    sources, notes = [], []
     names = set()
     for file in files:
         names.update(tensor_shapes(file))
-    if not any(n.startswith("model.vision_tower.vision_tower.") for n in names):
+    stored_tower = any(n.startswith("model.vision_tower.vision_tower.") for n in names)
+    # Bunny's loader builds the tower from mm_vision_tower and loads the stored one only when it was trained.
+    use_stored_tower = bool(bunny.get("unfreeze_vision_tower"))
+    if use_stored_tower and not stored_tower:
+        raise ConversionError(
+            f"{source}/config.json says unfreeze_vision_tower=true but the checkpoint holds no vision tower weights "
+            f"(model.vision_tower.vision_tower.*), which Bunny's loader requires: the checkpoint is incomplete."
+        )
+    if stored_tower and not use_stored_tower:
+        notes.append("The checkpoint stores vision tower weights but unfreeze_vision_tower is false: as Bunny's loader "
+                     "does, the tower is taken from mm_vision_tower instead.")
+    rename = _bunny_rename if use_stored_tower else _bunny_rename_without_tower
+    if files:
+        sources.append(WeightSource("bunny checkpoint", files, rename))
+    elif os.path.exists(projector_only):
+        sources.append(WeightSource("bunny projector (mm_projector.bin)", [projector_only], rename))
+    else:
+        weight_files(source)  # raises the "no weights" error
+    if not use_stored_tower:
         sources.append(WeightSource(f"vision tower {tower_path}", _tower_weight_files(tower_path), _tower_rename))
-    if not any(n.startswith("model.layers.") for n in names):
+    has_language_model = any(n.startswith("model.layers.") for n in names)
+    if not has_language_model:
         if language_model is None:
             raise ConversionError(
                 f"The checkpoint in {source!r} holds no language-model weights (a projector-only stage-1 output?): "
                 f"pass --language_model with the base LM folder it was trained on."
             )
         sources.append(WeightSource(f"language model {language_model}", weight_files(language_model, "language model"),
-                                    lambda n: n if n.startswith(("model.", "lm_head.")) else None))
+                                    _base_lm_rename))
     tokenizer_source = source if _has_tokenizer(source) else language_model
     if tokenizer_source is None:
         raise ConversionError(
@@ -361,6 +392,13 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
             f"LM folder, whose tokenizer will be used."
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if chat_template is None:
+        conv_mode = conv_mode or (BUNNY_MODEL_TYPES[model_type][1] if has_language_model else "plain")
+        try:
+            chat_template = build_chat_template(bunny_chat_template(conv_mode))
+        except ValueError as e:
+            raise ConversionError(str(e)) from None
+        notes.append(f"Prompts use Bunny's {conv_mode!r} conversation mode (--conv-mode to choose another).")
     config = ViFTConfig(
         vision_config=vision_config.to_dict(),
         text_config=text_config,
@@ -379,7 +417,11 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
         image_processor=image_processor,
         chat_template=chat_template,
         pad_to_square=bunny.get("image_aspect_ratio") == "pad",
+        add_special_tokens=True,  # tokenizer_image_token calls tokenizer(chunk): the tokenizer's own BOS
+        rgb_conversion="pil",  # the authors' evaluation: Image.open(path).convert("RGB")
+        shrink_vocab_to_tokenizer=True,  # the loader's model.resize_token_embeddings(len(tokenizer))
         generation_config=_generation_defaults(source),
+        notes=notes,
     )
 
 
@@ -404,6 +446,15 @@ def _tower_weight_files(tower_path):
                 f"({type(e).__name__}). Pass --vision_tower with a local copy of that tower."
             ) from None
     return weight_files(tower_path, "vision tower")
+
+
+def _bunny_rename_without_tower(name):
+    return None if name.startswith("model.vision_tower.") else _bunny_rename(name)
+
+
+def _base_lm_rename(name):
+    # The base causal LM of a stage-1 checkpoint: `model.*` and `lm_head.*`, as in a full Bunny checkpoint.
+    return _bunny_rename(name) if name.startswith(("model.", "lm_head.")) else None
 
 
 def _bunny_rename(name):
@@ -444,14 +495,16 @@ def _match_expected(name, expected):
 # --------------------------------------------------------------------------------------------------- conversion
 
 
-def build_plan(source, layout="auto", vision_tower=None, language_model=None, chat_template=None, **config_overrides):
+def build_plan(source, layout="auto", vision_tower=None, language_model=None, chat_template=None, conv_mode=None,
+               **config_overrides):
     layout = detect_layout(source) if layout == "auto" else layout
     if layout == "llava":
-        if vision_tower or language_model:
-            raise ConversionError("--vision_tower / --language_model apply to Bunny checkpoints only.")
+        if vision_tower or language_model or conv_mode:
+            raise ConversionError("--vision_tower / --language_model / --conv_mode apply to Bunny checkpoints only.")
         return plan_llava(source, chat_template=chat_template, **config_overrides)
     if layout == "bunny":
-        return plan_bunny(source, vision_tower, language_model, chat_template=chat_template, **config_overrides)
+        return plan_bunny(source, vision_tower, language_model, chat_template=chat_template, conv_mode=conv_mode,
+                          **config_overrides)
     raise ConversionError(f"layout must be 'auto', 'bunny' or 'llava', got {layout!r}.")
 
 
@@ -486,7 +539,8 @@ def resolve_tensors(plan, expected):
                         unexpected.append(f"{name} ({source.label})")
                     continue
                 want = expected[new]
-                rows_ok = new in _VOCAB_TENSORS and shape[1:] == want[1:] and shape[0] <= want[0]
+                fewer_rows_ok = shape[0] <= want[0] or plan.shrink_vocab_to_tokenizer  # padded / cut when written
+                rows_ok = new in _VOCAB_TENSORS and shape[1:] == want[1:] and fewer_rows_ok
                 if shape != want and not rows_ok:
                     bad_shapes.append(f"{name} -> {new}: {shape} in the source, {want} expected")
                 found[new] = (file, name, shape)
@@ -538,6 +592,8 @@ def _write_shards(plan, found, directory, dtype, max_shard_size):
             tensor = read_tensor(file, name)
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
+            if new in _VOCAB_TENSORS and tensor.shape[0] > vocab:
+                tensor = tensor[:vocab]  # Bunny's loader: resize_token_embeddings(len(tokenizer))
             if new in _VOCAB_TENSORS and tensor.shape[0] < vocab:
                 # The tokenizer gained the image token: new rows start at the mean of the existing ones.
                 extra = tensor.float().mean(0, keepdim=True).to(tensor.dtype).expand(vocab - tensor.shape[0], -1)
@@ -581,6 +637,7 @@ def convert_checkpoint(
     max_shard_size="5GB",
     chat_template=None,
     overwrite=False,
+    conv_mode=None,
     **config_overrides,
 ):
     """Converts a Bunny or llava-hf checkpoint folder into a ViFT folder (weights, config with `auto_map`, remote
@@ -598,9 +655,10 @@ def convert_checkpoint(
     if chat_template is not None and os.path.isfile(chat_template):
         with open(chat_template, encoding="utf-8") as f:
             chat_template = f.read()
-    plan = build_plan(source, layout, vision_tower, language_model, chat_template, **config_overrides)
+    plan = build_plan(source, layout, vision_tower, language_model, chat_template, conv_mode, **config_overrides)
 
     # The image token: LLaVA tokenizers hold it; Bunny's (a plain LM tokenizer) gets it added here.
+    source_has_image_token = "<image>" in plan.tokenizer.get_vocab()
     image_token_id = add_image_token(plan.tokenizer, "<image>")
     config = plan.config
     if config.image_token_id is None:
@@ -609,7 +667,12 @@ def convert_checkpoint(
         raise ConversionError(
             f"config image_token_id={config.image_token_id} but the tokenizer maps '<image>' to {image_token_id}."
         )
-    config.text_config.vocab_size = max(config.text_config.vocab_size, len(plan.tokenizer))
+    if plan.shrink_vocab_to_tokenizer:
+        config.text_config.vocab_size = len(plan.tokenizer)
+        if not source_has_image_token:  # the source model has no such token: it never generates it
+            plan.generation_config = {**plan.generation_config, "suppress_tokens": [image_token_id]}
+    else:
+        config.text_config.vocab_size = max(config.text_config.vocab_size, len(plan.tokenizer))
 
     model, expected = _expected_tensors(config)
     found = resolve_tensors(plan, expected)
@@ -620,6 +683,8 @@ def convert_checkpoint(
         image_token="<image>",
         image_seq_length=config.image_seq_length,
         pad_to_square=plan.pad_to_square,
+        add_special_tokens=plan.add_special_tokens,
+        rgb_conversion=plan.rgb_conversion,
     )
 
     parent = os.path.dirname(os.path.abspath(output_dir)) or "."
@@ -653,30 +718,43 @@ def save_remote_code_config(model, directory):
 
 
 @torch.no_grad()
-def compare_with_llava(source, converted, num_images=1, seed=0):
-    """Max |logits difference| between the llava-hf source and the converted ViFT model on the same random image and
-    prompt (both loaded in float32)."""
+def compare_with_llava(source, converted, num_images=1, seed=0, text=None):
+    """Max |logits difference| between the llava-hf source and the converted ViFT model, each fed by its own processor
+    (`LlavaProcessor` from the source folder, `ViFTProcessor` from the converted one) on the same random images and
+    prompt; both models in float32. Raises `ValueError` when the two processors give different input ids or pixel
+    values: the models would then see different inputs, whatever their weights."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     llava = LlavaForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
     vift = ViFTForConditionalGeneration.from_pretrained(converted, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(converted)
-    generator = torch.Generator().manual_seed(seed)
-    size = vift.config.vision_config.image_size
-    pixel_values = torch.randn(num_images, 3, size, size, generator=generator)
-    text = "<image>\n" * num_images + "Describe the image."
-    input_ids = processor(text=text, images=None if num_images == 0 else _blank_images(num_images, size),
-                          return_tensors="pt")["input_ids"]
-    a = llava(input_ids=input_ids, pixel_values=pixel_values).logits
-    b = vift(input_ids=input_ids, pixel_values=pixel_values).logits
+    llava_processor = AutoProcessor.from_pretrained(source)
+    vift_processor = ViFTProcessor.from_pretrained(converted)
+    text = text or "USER: " + "<image>\n" * num_images + "Describe the image. ASSISTANT:"
+    images = _random_images(num_images, vift.config.vision_config.image_size, seed) or None
+    expected = llava_processor(text=text, images=images, return_tensors="pt")
+    got = vift_processor(text=text, images=images, return_tensors="pt")
+    if not torch.equal(expected["input_ids"], got["input_ids"]):
+        raise ValueError(
+            f"The converted processor tokenizes the prompt differently from the source's LlavaProcessor "
+            f"({got['input_ids'].shape[-1]} ids against {expected['input_ids'].shape[-1]}; first ids "
+            f"{got['input_ids'][0, :6].tolist()} against {expected['input_ids'][0, :6].tolist()}): check "
+            f"add_special_tokens in the converted processor_config.json."
+        )
+    if images and not torch.equal(expected["pixel_values"], got["pixel_values"]):
+        raise ValueError("The converted processor gives different pixel values from the source's LlavaProcessor.")
+    a = llava(**expected).logits
+    b = vift(**got).logits
     vocab = min(a.shape[-1], b.shape[-1])
     return float((a[..., :vocab] - b[..., :vocab]).abs().max())
 
 
-def _blank_images(count, size):
+def _random_images(count, size, seed):
+    """Random RGBA images whose alpha varies, so that the RGB conversion of the two pipelines is compared too."""
+    import numpy as np
     from PIL import Image
 
-    return [Image.new("RGB", (size, size)) for _ in range(count)]
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size + 5, size, 4), dtype=np.uint8), "RGBA") for _ in range(count)]
 
 
 __all__ = ["ConversionError", "build_plan", "compare_with_llava", "convert_checkpoint", "detect_layout", "weight_files"]

@@ -138,6 +138,9 @@ def check_messages(messages):
             )
 
 
+RGB_CONVERSIONS = ("composite_white", "pil", "image_processor")
+
+
 class ViFTProcessorKwargs(ProcessingKwargs, total=False):
     # `_defaults` rather than the processor's class attributes: transformers 5.17 reads only `_defaults`.
     # Pixel values are tensors even when the caller asks for lists (the model takes nothing else).
@@ -159,6 +162,15 @@ class ViFTProcessor(ProcessorMixin):
         image_seq_length (`int`): number of image tokens one image expands to (the model config's value).
         pad_to_square (`bool`, defaults to `False`): pad images to a square with the image processor's mean
             colour before resizing (the authors' stage-2 setting).
+        add_special_tokens (`bool`, defaults to `False`): what `__call__` (and `apply_chat_template(tokenize=True)`)
+            passes to the tokenizer when the caller does not say. `False` suits models trained with the ViFT recipes;
+            converted checkpoints set `True`, as their own pipelines tokenize (`LlavaProcessor`, Bunny's
+            `tokenizer_image_token`): a Llama tokenizer then prepends its BOS, a Qwen2 tokenizer adds nothing.
+        rgb_conversion (`str`, defaults to `"composite_white"`): how non-RGB images become RGB.
+            `"composite_white"`: transparent pixels are composited on white (see `to_rgb`);
+            `"pil"`: `PIL.Image.convert("RGB")`, which drops the alpha channel (the authors' Bunny evaluation);
+            `"image_processor"`: images go to the image processor unchanged and it converts them (what
+            `LlavaProcessor` does; the result follows the installed transformers: 5.17 drops alpha, 5.24 composites).
     """
 
     valid_processor_kwargs = ViFTProcessorKwargs
@@ -171,6 +183,8 @@ class ViFTProcessor(ProcessorMixin):
         image_token="<image>",
         image_seq_length=None,
         pad_to_square=False,
+        add_special_tokens=False,
+        rgb_conversion="composite_white",
         **kwargs,
     ):
         if tokenizer is None or image_processor is None:
@@ -178,6 +192,10 @@ class ViFTProcessor(ProcessorMixin):
         self.image_token = image_token
         self.image_seq_length = image_seq_length
         self.pad_to_square = bool(pad_to_square)
+        self.add_special_tokens = bool(add_special_tokens)
+        if rgb_conversion not in RGB_CONVERSIONS:
+            raise ValueError(f"rgb_conversion={rgb_conversion!r}: expected one of {RGB_CONVERSIONS}.")
+        self.rgb_conversion = rgb_conversion
         self.image_token_id = self._lookup_image_token_id(tokenizer, image_token)
         if chat_template is None:
             chat_template = build_chat_template(getattr(tokenizer, "chat_template", None), image_token)
@@ -254,7 +272,12 @@ class ViFTProcessor(ProcessorMixin):
                     f"ViFTProcessor takes PIL images (or nested lists of them); got {type(item).__name__}. "
                     f"Open files with PIL.Image.open and pass the image objects."
                 )
-            image = to_rgb(item)
+            if self.rgb_conversion == "pil":
+                image = item.convert("RGB")
+            elif self.rgb_conversion == "image_processor" and not pad:
+                image = item
+            else:
+                image = to_rgb(item)
             flat.append(pad_image_to_square(image, self._mean_fill()) if pad else image)
 
         visit(images)
@@ -295,6 +318,8 @@ class ViFTProcessor(ProcessorMixin):
         with their images removed. Truncation that cuts through image tokens raises.
         """
         images = self.prepare_images(images, pad_to_square) or None
+        if "add_special_tokens" not in kwargs and "add_special_tokens" not in (kwargs.get("text_kwargs") or {}):
+            kwargs["add_special_tokens"] = self.add_special_tokens  # the processor's setting, unless the call says
         inputs = super().__call__(images=images, text=text, **kwargs)
         if return_text_only:
             texts = [text] if isinstance(text, str) else list(text)
@@ -340,6 +365,9 @@ class ViFTProcessor(ProcessorMixin):
             )
         # transformers >= 5.4 (and TRL) pass the tokenizer/processor options as `processor_kwargs`
         call_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), **kwargs}
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if "add_special_tokens" not in call_kwargs and bos and all(r.startswith(bos) for r in rendered):
+            call_kwargs["add_special_tokens"] = False  # the template wrote the BOS already (as transformers does)
         for key in ("tools", "documents", "continue_final_message", "return_dict"):
             call_kwargs.pop(key, None)
         return self(images=images or None, text=rendered, **call_kwargs)
