@@ -318,8 +318,12 @@ class ViFTProcessor(ProcessorMixin):
         with their images removed. Truncation that cuts through image tokens raises.
         """
         images = self.prepare_images(images, pad_to_square) or None
-        if "add_special_tokens" not in kwargs and "add_special_tokens" not in (kwargs.get("text_kwargs") or {}):
+        text_kwargs = kwargs.get("text_kwargs") or {}
+        if "add_special_tokens" not in kwargs and "add_special_tokens" not in text_kwargs:
             kwargs["add_special_tokens"] = self.add_special_tokens  # the processor's setting, unless the call says
+        if "padding" not in kwargs and "padding" not in text_kwargs:
+            # several texts pad to the longest; one text needs no padding (nor a tokenizer with a pad token)
+            kwargs["padding"] = not isinstance(text, str) and len(text) > 1
         inputs = super().__call__(images=images, text=text, **kwargs)
         if return_text_only:
             texts = [text] if isinstance(text, str) else list(text)
