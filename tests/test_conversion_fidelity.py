@@ -210,7 +210,8 @@ def bunny_load(source, model_base=None):
     """Bunny's loader: the LM (from the checkpoint, or the base LM plus mm_projector.bin), the tower built from
     mm_vision_tower and replaced by the stored one only when `unfreeze_vision_tower`, embeddings resized to
     len(tokenizer)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor  # 5.17 without torchvision
 
     config = json.load(open(os.path.join(source, "config.json")))
     text_type = {"bunny-qwen2": "qwen2", "bunny-llama": "llama"}[config["model_type"]]
