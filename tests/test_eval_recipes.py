@@ -10,7 +10,14 @@ import sys
 import pytest
 from eval_support import DATA_FILES, materialize_fixtures, save_tiny_model
 
-from modeling_vift.evaluation import EvalConfig, EvaluationFailed, SweepConfig, evaluate_benchmark, load_benchmark, score_records
+from modeling_vift.evaluation import (
+    EvalConfig,
+    EvaluationFailed,
+    SweepConfig,
+    evaluate_benchmark,
+    load_benchmark,
+    score_records,
+)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
