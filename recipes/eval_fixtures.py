@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from modeling_vift.evaluation import EvalConfig, GenerationSettings, SweepConfig, evaluate_benchmark, run_fusion_sweep
+from modeling_vift.evaluation import EvalConfig, SweepConfig, evaluate_benchmark, run_fusion_sweep
 from modeling_vift.evaluation.runner import distributed_state
 from modeling_vift.testing_utils import FIXTURE_FILES, materialize_fixtures, save_tiny_model
 
@@ -32,17 +32,17 @@ def main(output_dir, max_new_tokens=8):
         if not os.path.exists(os.path.join(model, "config.json")):
             save_tiny_model(model)
     state.wait_for_everyone()
-    generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=2, fusion=True, fusion_layers=[2, 4])
+    generation = dict(max_new_tokens=max_new_tokens, batch_size=2, fusion=True)  # layers: the model's own, [2, 4)
     for benchmark, path in FIXTURE_FILES.items():
         result = evaluate_benchmark(EvalConfig(
             benchmark=benchmark, data_path=os.path.join(data, path), output_dir=os.path.join(output_dir, "eval", benchmark),
-            model_name_or_path=model, generation=generation, progress=False))
+            model_name_or_path=model, progress=False, **generation))
         if result is not None:
             print(result["summary"] + "\n")
     sweep = run_fusion_sweep(SweepConfig(
         benchmark="mathvista", data_path=os.path.join(data, FIXTURE_FILES["mathvista"]),
-        output_dir=os.path.join(output_dir, "sweep"), alphas=[0.5, 1.0], betas=[0.0, 0.5], layer_ranges=[[2, 4], [0, 4]],
-        model_name_or_path=model, generation=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=2), progress=False))
+        output_dir=os.path.join(output_dir, "sweep"), alphas=[0.5, 1.0], betas=[0.0, 0.5], layer_ranges=["upper_half", "all"],
+        model_name_or_path=model, max_new_tokens=max_new_tokens, batch_size=2, progress=False))
     if sweep is not None:
         print(sweep["table"])
         print(f"\nAll fixture evaluations and the sweep took {time.perf_counter() - start:.1f} s on {state.num_processes} process(es); outputs in {output_dir}")

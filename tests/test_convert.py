@@ -275,3 +275,12 @@ def test_convert_script_reports_errors_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: No weights found") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_on_a_bunny_source_is_refused_before_converting(tmp_path, capsys):
+    from hub.convert_llava import main
+
+    source, _ = save_tiny_bunny(str(tmp_path / "bunny"))
+    assert main([source, str(tmp_path / "vift"), "--compare"]) == 2
+    assert "--compare needs the source's transformers model class" in capsys.readouterr().err
+    assert not (tmp_path / "vift").exists()  # refused before anything was written

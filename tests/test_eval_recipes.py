@@ -10,7 +10,14 @@ import sys
 import pytest
 from eval_support import DATA_FILES, materialize_fixtures, save_tiny_model
 
-from modeling_vift.evaluation import EvalConfig, GenerationSettings, evaluate_benchmark, load_benchmark, score_records
+from modeling_vift.evaluation import (
+    EvalConfig,
+    EvaluationFailed,
+    SweepConfig,
+    evaluate_benchmark,
+    load_benchmark,
+    score_records,
+)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,11 +35,8 @@ def model_dir(tmp_path_factory):
 
 def run_recipe(module, argv):
     """Parses `argv` with the recipe's own parser (YAML config + overrides) and runs its main()."""
-    from trl import TrlParser
-
     recipe = __import__(f"recipes.{module}", fromlist=["main"])
-    arguments_class = recipe.EvaluateArguments if module == "evaluate_benchmark" else recipe.SweepArguments
-    (arguments,) = TrlParser((arguments_class,)).parse_args_and_config(args=argv)
+    (arguments,) = recipe.make_parser().parse_args_and_config(args=argv)
     return recipe.main(arguments)
 
 
@@ -63,7 +67,7 @@ def test_each_benchmark_recipe_runs_end_to_end_on_the_fixtures(benchmark, config
     out = str(tmp_path / benchmark)
     result = run_recipe("evaluate_benchmark", [
         "--config", os.path.join(REPO, "recipes", config), "--model_name_or_path", model_dir,
-        "--data_path", os.path.join(data, DATA_FILES[benchmark]), "--output_dir", out, "--fusion_layers", "2:4",
+        "--data_path", os.path.join(data, DATA_FILES[benchmark]), "--output_dir", out,
         "--max_new_tokens", "6", "--batch_size", "2", "--progress", "false",
     ])
     stats, report, scores = result["stats"], result["report"], result["scores"]
@@ -72,7 +76,8 @@ def test_each_benchmark_recipe_runs_end_to_end_on_the_fixtures(benchmark, config
     records = read_predictions(out)
     assert len(records) == evaluated and all(r["error"] is None for r in records)
     with_images = [r for r in records if r["sample"]["num_images"]]
-    fusion = {"fusion": True, "fusion_alpha": 0.5, "fusion_beta": 0.5, "fusion_layers": [2, 4]}  # alpha/beta: config defaults
+    # no fusion value in the YAMLs: all come from the model (upper half of its 4 layers, alpha / beta 0.5)
+    fusion = {"fusion": True, "fusion_alpha": 0.5, "fusion_beta": 0.5, "fusion_layers": [2, 4]}
     assert with_images and all(r["fusion"] == fusion for r in with_images)
     for name in ("scores.json", "report.json", "summary.md", "run_config.json"):
         assert os.path.exists(os.path.join(out, name))
@@ -186,15 +191,17 @@ def test_fusion_sweep_writes_heatmap_best_setting_and_model_config(data, model_d
     assert (config.fusion_alpha, config.fusion_beta, list(config.fusion_layers)) == (best["fusion_alpha"], 0.25, best["fusion_layers"])
     generation_config = json.load(open(os.path.join(model_copy, "generation_config.json")))
     assert generation_config["fusion_alpha"] == best["fusion_alpha"] and generation_config["fusion_layers"] == best["fusion_layers"]
-    # the reported evaluation leaves the validation samples out
+    # README's next command (the shipped YAML, no fusion flags) uses the tuned setting and leaves the validation samples out
     evaluation = run_recipe("evaluate_benchmark", [
-        "--benchmark", "mathvista", "--data_path", os.path.join(data, DATA_FILES["mathvista"]), "--output_dir", str(tmp_path / "eval"),
-        "--model_name_or_path", model_copy, "--exclude_ids_file", os.path.join(out, "validation_ids.txt"), "--fusion", "true",
-        "--max_new_tokens", "4", "--progress", "false",
+        "--config", os.path.join(REPO, "recipes", "eval_mathvista.yaml"), "--data_path", os.path.join(data, DATA_FILES["mathvista"]),
+        "--output_dir", str(tmp_path / "eval"), "--model_name_or_path", model_copy,
+        "--exclude_ids_file", os.path.join(out, "validation_ids.txt"), "--max_new_tokens", "4", "--progress", "false",
     ])
     records = read_predictions(str(tmp_path / "eval"))
     assert [r["id"] for r in records] == sorted({"1", "2", "3", "4"} - set(ids)) and evaluation["stats"]["num_samples"] == 2
-    assert records[0]["fusion"]["fusion_alpha"] == best["fusion_alpha"]  # the written default is used
+    tuned = {"fusion": True, "fusion_alpha": best["fusion_alpha"], "fusion_beta": 0.25, "fusion_layers": best["fusion_layers"]}
+    assert all(r["fusion"] == tuned for r in records if r["sample"]["num_images"])
+    assert "| 0." in result["table"] and "%" not in result["table"]  # fractions, as in the JSON files
 
 
 def test_bad_samples_are_recorded_and_scored_zero_not_raised(data, model_dir, tmp_path):
@@ -210,7 +217,7 @@ def test_bad_samples_are_recorded_and_scored_zero_not_raised(data, model_dir, tm
     path.write_text(json.dumps([good, long_record, corrupt]))
     model, processor = load_model_and_processor(model_dir)
     config = EvalConfig(benchmark="mathvista", data_path=str(path), output_dir=str(tmp_path / "out"), model_name_or_path=model_dir,
-                        generation=GenerationSettings(max_new_tokens=4, batch_size=3), progress=False)
+                        max_new_tokens=4, batch_size=3, progress=False, max_failed_share=1.0)
     result = evaluate_benchmark(config, model=model, processor=processor)
     errors = {e["id"]: e["error"] for e in result["report"]["generation_errors"]}
     assert set(errors) == {"long", "corrupt"}
@@ -219,3 +226,57 @@ def test_bad_samples_are_recorded_and_scored_zero_not_raised(data, model_dir, tm
     assert result["scores"]["scores"][1:] == [0.0, 0.0] and result["scores"]["total"] == 3
     assert result["report"]["empty_predictions"] == []  # failed generations are listed once, as errors
     assert "generation errors (scored 0) | 2" in result["summary"]
+
+    # with the default max_failed_share (0.1), 2 failures of 3 samples is a failed run, with the reasons
+    config = EvalConfig(benchmark="mathvista", data_path=str(path), output_dir=str(tmp_path / "strict"), max_new_tokens=4,
+                        batch_size=3, progress=False)
+    with pytest.raises(EvaluationFailed, match=r"(?s)2 of 3 samples failed to generate.*image error.*max_failed_share"):
+        evaluate_benchmark(config, model=model, processor=processor)
+    assert os.path.exists(tmp_path / "strict" / "report.json")  # the outputs are written before the failure is raised
+
+
+def test_a_run_with_no_evaluated_sample_exits_non_zero_with_the_reasons(tmp_path):
+    """Every record skipped (here: images not materialised yet) is refused before a model loads, exit status 1."""
+    records = json.load(open(os.path.join(REPO, "tests", "fixtures", "eval", DATA_FILES["mathvista"])))
+    path = tmp_path / "no_images.json"
+    path.write_text(json.dumps({k: dict(r, image="missing/" + str(r.get("image"))) for k, r in records.items()}))
+    config = EvalConfig(benchmark="mathvista", data_path=str(path), output_dir=str(tmp_path / "out"),
+                        model_name_or_path=str(tmp_path / "never-loaded"), progress=False)
+    with pytest.raises(EvaluationFailed, match=r"(?s)No sample was evaluated: all 6 records were skipped.*5 x skipped, missing image"):
+        evaluate_benchmark(config)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "recipes.evaluate_benchmark", "--benchmark", "mathvista", "--data_path", str(path),
+                           "--output_dir", str(tmp_path / "cli"), "--model_name_or_path", str(tmp_path / "never-loaded")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "No sample was evaluated" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_fusion_layers_that_do_not_fit_the_model_are_refused_before_generation(data, model_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"(?s)fusion_layers=\[0, 28\) is invalid for a language model with 4 layers.*"
+                                         r"own setting is \[2, 4\]: leave fusion_layers unset"):
+        run_recipe("evaluate_benchmark", [
+            "--config", os.path.join(REPO, "recipes", "eval_mathvista.yaml"), "--model_name_or_path", model_dir,
+            "--data_path", os.path.join(data, DATA_FILES["mathvista"]), "--output_dir", str(out), "--fusion_layers", "0:28",
+            "--progress", "false"])
+    assert not out.exists()  # nothing generated
+    with pytest.raises(ValueError, match="start:end"):
+        EvalConfig(benchmark="mathvista", data_path="x", output_dir="y", fusion_layers="14..28")
+
+
+def test_the_recipes_parse_their_yaml_into_the_library_configs():
+    """The dataclasses are the command line: every shipped evaluation YAML parses into EvalConfig / SweepConfig, and
+    none of them fixes the fusion layers of one model size."""
+    from recipes import evaluate_benchmark, sweep_fusion
+
+    for name in sorted(os.listdir(os.path.join(REPO, "recipes"))):
+        if not name.startswith("eval_"):
+            continue
+        sweep = name == "eval_sweep_fusion.yaml"
+        parser = (sweep_fusion if sweep else evaluate_benchmark).make_parser()
+        (config,) = parser.parse_args_and_config(args=["--config", os.path.join(REPO, "recipes", name)])
+        assert isinstance(config, SweepConfig if sweep else EvalConfig)
+        if sweep:
+            assert config.layer_ranges == ["all", "upper_half"]
+        else:
+            assert config.fusion_layers is None and config.fusion_alpha is None and config.fusion_beta is None

@@ -149,8 +149,33 @@ def test_dry_run_prints_the_plan_and_the_card_and_uploads_nothing(published, cap
     out = capsys.readouterr().out
     for name in ("model.safetensors", "modeling_vift.py", "generation_config.json", "README.md"):
         assert re.search(rf"^\s+{re.escape(name)}\s", out, flags=re.M)
-    assert "pipeline_tag: image-text-to-text" in out and "nothing was verified or uploaded" in out
+    assert "pipeline_tag: image-text-to-text" in out and "Dry run: verified, nothing uploaded" in out
+    assert re.search(r"^Verified: \S+ generated \d+ token", out, flags=re.M)  # the fresh-process check runs offline too
+    assert 'revision="<commit hash>"' in out  # the card tells users to pin the code they run
     assert TOKEN not in out and not RecordingApi.instances
+
+
+def test_an_upload_failure_ends_in_a_clear_message_not_a_traceback(published, monkeypatch, capsys):
+    import huggingface_hub
+
+    from hub.push_model import main
+
+    class Response:
+        status_code = 403
+
+    class FailingApi(RecordingApi):
+        def create_repo(self, *args, **kwargs):
+            error = OSError("403 Forbidden: you cannot create a repository in namespace org")
+            error.response = Response()
+            raise error
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
+    monkeypatch.setattr(publish_model, "verify_folder", lambda folder, timeout: {"model_class": "x", "new_tokens": 1})
+    assert main([published["checkpoint"], "--repo-id", "org/vift", "--base-model", BASE_MODELS[0],
+                 "--base-model", BASE_MODELS[1], "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert "The upload to org/vift failed (OSError, HTTP 403: 403 Forbidden" in err and "hf auth login" in err
+    assert "Traceback" not in err and TOKEN not in err
 
 
 def test_token_goes_to_huggingface_hub_and_is_never_printed(published, monkeypatch, capsys, caplog):

@@ -17,7 +17,15 @@ from .extraction import (
     extract_number,
     parse_number,
 )
-from .pipeline import EvalConfig, evaluate_benchmark, load_metric, load_model_and_processor, score_records
+from .pipeline import (
+    BenchmarkRunConfig,
+    EvalConfig,
+    EvaluationFailed,
+    evaluate_benchmark,
+    load_metric,
+    load_model_and_processor,
+    score_records,
+)
 from .runner import GenerationSettings, run_generation
 from .samples import DataError, EvalSample, LoadResult
 from .scoring import nearest_option, rouge_l, score_demon, score_math
@@ -28,9 +36,11 @@ __all__ = [
     "BENCHMARKS",
     "DEMON_CATEGORIES",
     "AnswerExtractor",
+    "BenchmarkRunConfig",
     "DataError",
     "EvalConfig",
     "EvalSample",
+    "EvaluationFailed",
     "GenerationSettings",
     "LLMJudgeExtractor",
     "LoadResult",

@@ -8,9 +8,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
+from ..remote_code.configuration_vift import check_fusion_weights
 from .benchmarks import canonical_benchmark, load_benchmark
-from .runner import GenerationSettings, merge_predictions, run_generation, with_fusion_defaults
+from .runner import (
+    GenerationSettings,
+    layer_range_for_model,
+    merge_predictions,
+    parse_layer_range,
+    run_generation,
+    with_fusion_defaults,
+)
 from .summary import format_summary
 
 
@@ -37,25 +46,72 @@ def load_metric(name, metrics_dir=None):
     return evaluate.load(path, keep_in_memory=True)
 
 
-@dataclass
-class EvalConfig:
-    """Everything one benchmark run needs (the recipes fill it from YAML + command line)."""
+def _help(text):
+    return {"help": text}
 
-    benchmark: str
-    data_path: str
-    output_dir: str
-    model_name_or_path: str | None = None
-    split: str | None = None
-    data_config: str | None = None
-    image_root: str | None = None
-    prompt_style: str = "dataset"
-    query_field: str | None = None
-    max_samples: int | None = None
-    exclude_ids_file: str | None = None
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    overwrite: bool = False
-    progress: bool = True
-    metrics_dir: str | None = None
+
+@dataclass
+class BenchmarkRunConfig:
+    """The settings a benchmark evaluation and a fusion sweep share. The dataclasses are the command line of
+    `recipes/evaluate_benchmark.py` and `recipes/sweep_fusion.py` (parsed with TRL's `TrlParser`: a YAML `--config`
+    plus `--field value` overrides), and what library callers construct."""
+
+    benchmark: str = field(metadata=_help("mathvista, mathverse, mathvision, demon or open_ended (alias llava_bench)."))
+    data_path: str = field(metadata=_help("A .json/.jsonl/.parquet file, a DEMON folder, a saved dataset or a Hub dataset id."))
+    output_dir: str = field(metadata=_help("Where predictions, scores and the report go (resumed if it exists)."))
+    model_name_or_path: Optional[str] = field(default=None, metadata=_help("A ViFT model folder or Hub id (trust_remote_code)."))
+    split: Optional[str] = field(default=None, metadata=_help("Split of a Hub / saved dataset (e.g. testmini)."))
+    data_config: Optional[str] = field(default=None, metadata=_help("Config name of a Hub dataset."))
+    image_root: Optional[str] = field(default=None, metadata=_help("Folder of relative image paths (default: next to the data file)."))
+    prompt_style: str = field(default="dataset", metadata=_help("'dataset': the published query when there is one; 'built': ours."))
+    query_field: Optional[str] = field(default=None, metadata=_help("Record field holding the query (MathVerse: query_wo or query_cot)."))
+    max_samples: Optional[int] = field(default=None, metadata=_help("Use only N samples (the first N; a sweep may draw them, sample_seed)."))
+    batch_size: int = field(default=1, metadata=_help("Prompts per generate call (left-padded)."))
+    max_new_tokens: int = field(default=64, metadata=_help("Greedy decoding length."))
+    system_prompt: Optional[str] = field(default=None, metadata=_help("Optional system turn."))
+    dtype: str = field(default="auto", metadata=_help("auto, float32, bfloat16 or float16."))
+    max_failed_share: float = field(default=0.1, metadata=_help(
+        "A run whose share of failed generations (prompt too long, unreadable image, ...) exceeds this exits non-zero."))
+    overwrite: bool = field(default=False, metadata=_help("Discard earlier predictions in output_dir instead of resuming."))
+    progress: bool = field(default=True, metadata=_help("Show progress bars."))
+    metrics_dir: Optional[str] = field(default=None, metadata=_help("Folder of the evaluate modules (default: the checkout's metrics/)."))
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.max_failed_share) <= 1.0:
+            raise ValueError(f"max_failed_share is a share of the samples between 0 and 1, got {self.max_failed_share}.")
+        self.generation_settings()  # batch_size / max_new_tokens checked before anything loads
+
+    def generation_settings(self, **fusion):
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                  system_prompt=self.system_prompt, **fusion)
+
+
+@dataclass
+class EvalConfig(BenchmarkRunConfig):
+    """One benchmark run. The fusion values left unset come from the model (its generation config, else its config)."""
+
+    exclude_ids_file: Optional[str] = field(default=None, metadata=_help("Ids to leave out (e.g. a sweep's validation_ids.txt)."))
+    fusion: bool = field(default=False, metadata=_help("Ability-fused generation."))
+    fusion_alpha: Optional[float] = field(default=None, metadata=_help("Weight of the text-only stream (default: the model's)."))
+    fusion_beta: Optional[float] = field(default=None, metadata=_help("Weight of the subtracted multimodal stream (default: the model's)."))
+    fusion_layers: Optional[str] = field(default=None, metadata=_help(
+        "Steered layers start:end, 'all' or 'upper_half' (default: the model's, e.g. as written by sweep_fusion)."))
+    extractor: str = field(default="rules", metadata=_help("'rules' (default) or 'llm_judge' (needs judge_model)."))
+    judge_model: Optional[str] = field(default=None, metadata=_help("Text-generation model used by the llm_judge extractor."))
+
+    def __post_init__(self):
+        super().__post_init__()
+        parse_layer_range(self.fusion_layers)  # the syntax now; the range against the model once it is loaded
+        check_fusion_weights(self.fusion_alpha, self.fusion_beta)
+        if self.extractor not in ("rules", "llm_judge"):
+            raise ValueError(f"extractor must be 'rules' or 'llm_judge', got {self.extractor!r}.")
+        if self.extractor == "llm_judge" and not self.judge_model:
+            raise ValueError("extractor=llm_judge needs judge_model (a text-generation model).")
+
+
+class EvaluationFailed(RuntimeError):
+    """A run that produced no usable measurement: no sample evaluated, or too many failed generations. Raised after
+    the outputs (report.json with every reason) are written."""
 
 
 def read_id_file(path):
@@ -160,32 +216,64 @@ def build_report(load_result, records, scores, missing):
     }
 
 
-def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor=None, state=None, dtype=None):
+def check_run_outcome(report, stats, max_failed_share):
+    """Raises `EvaluationFailed` with the reasons when a run measured nothing (no sample evaluated) or when more than
+    `max_failed_share` of its samples failed to generate: a score of such a run would be a number without meaning."""
+    evaluated = stats.get("num_samples", 0)
+    failed = len(report["generation_errors"]) + len(report["missing_predictions"])
+    if evaluated and failed <= max_failed_share * evaluated:
+        return
+    lines = []
+    if not evaluated:
+        lines.append(f"No sample was evaluated: all {stats.get('num_records', 0)} records were skipped.")
+    else:
+        lines.append(f"{failed} of {evaluated} samples failed to generate (more than max_failed_share={max_failed_share:g}).")
+    reasons = {}  # kind -> [count, first example]
+    for kind, text in [("skipped, " + i["reason"].split(":", 1)[0], i["reason"]) for i in report["skipped"]] + \
+            [(": ".join(e["error"].split(": ")[:2]), e["error"]) for e in report["generation_errors"]]:
+        reasons.setdefault(kind, [0, text])[0] += 1
+    lines += [f"  {count} x {kind} (e.g. {example})" for kind, (count, example) in
+              sorted(reasons.items(), key=lambda kv: -kv[1][0])[:10]]
+    lines.append("Fix the data paths / images (report.json lists every sample), or raise max_failed_share to accept the run.")
+    raise EvaluationFailed("\n".join(lines))
+
+
+def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor=None, state=None, dtype=None, loaded=None):
     """Runs one benchmark; returns `{"scores", "report", "stats", "summary"}` on the main process (None elsewhere).
 
-    `model`/`processor` default to loading `config.model_name_or_path`."""
+    `model`/`processor` default to loading `config.model_name_or_path`; `loaded` (a `LoadResult`, e.g. a sweep's
+    validation subset) to reading `config.data_path`. A run that evaluated no sample, or whose share of failed
+    generations exceeds `config.max_failed_share`, raises `EvaluationFailed` (after writing its outputs)."""
     from .runner import distributed_state
 
     state = state or distributed_state()
     benchmark = canonical_benchmark(config.benchmark)
-    exclude = read_id_file(config.exclude_ids_file) if config.exclude_ids_file else None
-    with state.main_process_first():  # a Hub dataset is downloaded once
-        loaded = load_benchmark(
-            benchmark, config.data_path, split=config.split, config=config.data_config, image_root=config.image_root,
-            prompt_style=config.prompt_style, query_field=config.query_field, max_samples=config.max_samples,
-            exclude_ids=exclude,
-        )
+    dtype = dtype if dtype is not None else config.dtype
+    if loaded is None:
+        exclude = read_id_file(config.exclude_ids_file) if config.exclude_ids_file else None
+        with state.main_process_first():  # a Hub dataset is downloaded once
+            loaded = load_benchmark(
+                benchmark, config.data_path, split=config.split, config=config.data_config, image_root=config.image_root,
+                prompt_style=config.prompt_style, query_field=config.query_field, max_samples=config.max_samples,
+                exclude_ids=exclude,
+            )
+    if not loaded.samples:  # refused before a model is loaded
+        empty = build_report(loaded, [], {}, [])
+        check_run_outcome(empty, {"num_samples": 0, "num_records": len(loaded.skipped)}, config.max_failed_share)
     if model is None or processor is None:
         if not config.model_name_or_path:
             raise ValueError("Give model_name_or_path (or pass model and processor).")
         model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype, device=state.device)
-    config.generation = with_fusion_defaults(config.generation, model)
+    generation = config.generation_settings(fusion=config.fusion, fusion_alpha=config.fusion_alpha, fusion_beta=config.fusion_beta)
+    if config.fusion:
+        generation.fusion_layers = layer_range_for_model(model, config.fusion_layers)
+    generation = with_fusion_defaults(generation, model)
     run_config = {
         "benchmark": benchmark, "model": str(config.model_name_or_path), "data_path": str(config.data_path),
         "split": config.split, "prompt_style": config.prompt_style, "query_field": config.query_field,
-        "generation": {k: v for k, v in asdict(config.generation).items() if k != "batch_size"},
+        "generation": {k: v for k, v in asdict(generation).items() if k != "batch_size"},
     }
-    stats = run_generation(model, processor, loaded.samples, config.output_dir, config.generation, run_config=run_config,
+    stats = run_generation(model, processor, loaded.samples, config.output_dir, generation, run_config=run_config,
                            overwrite=config.overwrite, progress=config.progress, state=state, desc=benchmark)
     if not state.is_main_process:
         return None
@@ -201,7 +289,8 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
     write_json(os.path.join(config.output_dir, "report.json"), report)
     with open(os.path.join(config.output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(summary + "\n")
-    return {"scores": scores, "report": report, "stats": stats, "summary": summary}
+    check_run_outcome(report, stats, config.max_failed_share)
+    return {"scores": scores, "report": report, "stats": stats, "summary": summary, "generation": generation}
 
 
 def write_json(path, data):
@@ -212,7 +301,10 @@ def write_json(path, data):
 
 
 __all__ = [
+    "BenchmarkRunConfig",
     "EvalConfig",
+    "EvaluationFailed",
+    "check_run_outcome",
     "default_metrics_dir",
     "evaluate_benchmark",
     "load_metric",

@@ -57,6 +57,48 @@ class GenerationSettings:
         return kwargs
 
 
+def parse_layer_range(spec, num_layers=None):
+    """A steered layer range as written in a config or on the command line: `"14:28"` or `[14, 28]` -> `[14, 28]`;
+    `"all"` -> `[0, L)`, `"upper_half"` -> `[L // 2, L)` (with `num_layers=L`; without it the name is returned);
+    None / "" / "default" -> None (the model's own setting). Checked against `num_layers` when given."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "default")):
+        return None
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        if name in ("all", "upper_half"):
+            if num_layers is None:
+                return name
+            return [0, num_layers] if name == "all" else [num_layers // 2, num_layers]
+        try:
+            spec = [int(x) for x in name.replace("-", ":").split(":")]
+        except ValueError:
+            raise ValueError(
+                f"A layer range is written start:end (e.g. 14:28), 'all', 'upper_half' or 'default', got {spec!r}."
+            ) from None
+    return list(check_fusion_layers(spec, num_layers))
+
+
+def num_text_layers(model):
+    config = model.config
+    text = getattr(config, "text_config", None)
+    return getattr(text, "num_hidden_layers", None) or getattr(config, "num_hidden_layers")
+
+
+def layer_range_for_model(model, spec, name="fusion_layers"):
+    """`parse_layer_range` against a loaded model, refusing a range that does not fit it with the model's own
+    setting and the remedy (a YAML written for a 28-layer LM, used on another model, is the usual cause)."""
+    num_layers = num_text_layers(model)
+    try:
+        return parse_layer_range(spec, num_layers)
+    except ValueError as err:
+        own = getattr(model.generation_config, "fusion_layers", None) or model.config.fusion_layers
+        raise ValueError(
+            f"{err} ({name}={spec!r} was given in the config or on the command line.) This model's own setting is "
+            f"{list(own)}: leave {name} unset to use it, or give a range that fits {num_layers} layers "
+            f"('all' = 0:{num_layers}, 'upper_half' = {num_layers // 2}:{num_layers})."
+        ) from None
+
+
 def with_fusion_defaults(settings, model):
     """The settings with the fusion values left unset filled from the model's generation config, else its config (as
     fused `generate` does), so that records and the resume check name the values actually used."""
@@ -313,7 +355,10 @@ __all__ = [
     "collect_records",
     "generate_batch",
     "generate_greedy",
+    "layer_range_for_model",
     "merge_predictions",
+    "num_text_layers",
+    "parse_layer_range",
     "read_jsonl",
     "render_prompt",
     "with_fusion_defaults",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-def _pct(value):
-    return f"{100 * value:.2f}"
+def _pct(value):  # a fraction, as in scores.json and the sweep (the name is historical)
+    return f"{value:.4f}"
 
 
 def _table(header, rows):
@@ -14,7 +14,7 @@ def _table(header, rows):
 
 
 def format_summary(benchmark, scores, report, stats):
-    """A Markdown summary of one benchmark run (scores as percentages)."""
+    """A Markdown summary of one benchmark run (scores as fractions in [0, 1], as in scores.json)."""
     parts = [f"## {benchmark}: {stats.get('num_samples', 0)} samples evaluated, {stats.get('num_skipped', 0)} skipped "
              f"(of {stats.get('num_records', 0)} records)"]
     if benchmark == "open_ended":

@@ -13,42 +13,45 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
 
-from ..remote_code.configuration_vift import check_fusion_layers, fusion_setting
+from ..remote_code.configuration_vift import fusion_setting
+from ..remote_code.fusion_vift import resolve_fusion_settings
 from .benchmarks import canonical_benchmark, load_benchmark
-from .pipeline import load_model_and_processor, primary_score, score_records, write_json
-from .runner import GenerationSettings, merge_predictions, run_generation
+from .pipeline import (
+    BenchmarkRunConfig,
+    EvalConfig,
+    _help,
+    evaluate_benchmark,
+    load_model_and_processor,
+    primary_score,
+    write_json,
+)
+from .runner import layer_range_for_model, num_text_layers, parse_layer_range
 
 
 @dataclass
-class SweepConfig:
-    benchmark: str
-    data_path: str
-    output_dir: str
-    alphas: list = field(default_factory=lambda: [0.5, 1.0])
-    betas: list = field(default_factory=lambda: [0.0, 0.5])
-    layer_ranges: list = field(default_factory=lambda: [None])  # None: the model config's fusion_layers
-    model_name_or_path: str | None = None
-    split: str | None = None
-    data_config: str | None = None
-    image_root: str | None = None
-    prompt_style: str = "dataset"
-    query_field: str | None = None
-    max_samples: int | None = None
-    sample_seed: int | None = None  # with max_samples: a random subset instead of the first N
-    include_baseline: bool = True
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    write_best_to: str | None = None  # "config", "generation_config" or "both" (a local model folder)
-    overwrite: bool = False
-    progress: bool = True
-    metrics_dir: str | None = None
+class SweepConfig(BenchmarkRunConfig):
+    """A grid of fusion settings, each evaluated with `evaluate_benchmark` on the same validation samples."""
 
+    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0], metadata=_help("Values of alpha."))
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.5], metadata=_help("Values of beta."))
+    layer_ranges: list[str] = field(default_factory=lambda: ["default"], metadata=_help(
+        "Layer ranges: start:end, 'all', 'upper_half' or 'default' (the model's own setting)."))
+    sample_seed: Optional[int] = field(default=None, metadata=_help("With max_samples: draw a random subset with this seed."))
+    include_baseline: bool = field(default=True, metadata=_help("Also score plain generation (no fusion)."))
+    write_best_to: Optional[str] = field(default=None, metadata=_help(
+        "config, generation_config or both: store the best setting in the (local) model folder."))
 
-def _num_layers(model):
-    config = model.config
-    text = getattr(config, "text_config", None)
-    return getattr(text, "num_hidden_layers", None) or getattr(config, "num_hidden_layers")
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.alphas or not self.betas or not self.layer_ranges:
+            raise ValueError("alphas, betas and layer_ranges must each hold at least one value.")
+        for spec in self.layer_ranges:
+            parse_layer_range(spec)
+        if self.write_best_to not in (None, "config", "generation_config", "both"):
+            raise ValueError(f"write_best_to must be config, generation_config or both, got {self.write_best_to!r}.")
 
 
 def _tag(alpha, beta, layers):
@@ -65,15 +68,14 @@ def select_validation(samples, max_samples=None, seed=None):
 
 
 def run_fusion_sweep(config: SweepConfig, model=None, processor=None, state=None, dtype=None):
-    """Runs the grid; returns the sweep result (settings, scores, best) on the main process, None elsewhere."""
+    """Runs the grid (one `evaluate_benchmark` per setting, on the same validation samples); returns the sweep result
+    (settings, scores, best) on the main process, None elsewhere."""
     from .runner import distributed_state
 
     state = state or distributed_state()
     benchmark = canonical_benchmark(config.benchmark)
     if benchmark == "open_ended":
         raise ValueError("A fusion sweep needs a scored benchmark (mathvista, mathverse, mathvision or demon).")
-    if not config.alphas or not config.betas or not config.layer_ranges:
-        raise ValueError("alphas, betas and layer_ranges must each hold at least one value.")
     with state.main_process_first():  # a Hub dataset is downloaded once
         loaded = load_benchmark(
             benchmark, config.data_path, split=config.split, config=config.data_config, image_root=config.image_root,
@@ -82,39 +84,40 @@ def run_fusion_sweep(config: SweepConfig, model=None, processor=None, state=None
     samples = select_validation(loaded.samples, config.max_samples, config.sample_seed)
     if not samples:
         raise ValueError(f"No validation samples to sweep on ({len(loaded.skipped)} records were skipped; see their reasons with the evaluate recipe).")
+    validation = replace(loaded, samples=samples)
     if model is None or processor is None:
-        model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype, device=state.device)
-    num_layers = _num_layers(model)
-    default_layers = list(getattr(model.config, "fusion_layers", None) or [num_layers // 2, num_layers])
-    layer_ranges = [list(check_fusion_layers(default_layers if r is None else r, num_layers)) for r in config.layer_ranges]
+        model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype or config.dtype, device=state.device)
+    layer_ranges = []
+    for spec in config.layer_ranges:
+        layers = layer_range_for_model(model, spec, name="layer_ranges")
+        layers = layers or list(resolve_fusion_settings(model, None, None, None)[2])  # 'default': the model's own
+        if layers not in layer_ranges:
+            layer_ranges.append(layers)
     alphas = [float(a) for a in config.alphas]
     betas = [float(b) for b in config.betas]
 
     settings = []
     if config.include_baseline:
-        settings.append(("baseline", replace(config.generation, fusion=False)))
+        settings.append(("baseline", {"fusion": False}))
     for layers in layer_ranges:
         for beta in betas:
             for alpha in alphas:
-                settings.append((_tag(alpha, beta, layers), replace(
-                    config.generation, fusion=True, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=list(layers))))
+                settings.append((_tag(alpha, beta, layers), {
+                    "fusion": True, "fusion_alpha": alpha, "fusion_beta": beta, "fusion_layers": f"{layers[0]}:{layers[1]}"}))
 
+    shared = {f.name: getattr(config, f.name) for f in fields(BenchmarkRunConfig)}
     results = []
-    for tag, generation in settings:
-        run_dir = os.path.join(config.output_dir, "runs", tag)
-        run_config = {"benchmark": benchmark, "model": str(config.model_name_or_path), "data_path": str(config.data_path),
-                      "split": config.split, "validation_ids": [s.id for s in samples],
-                      "generation": {k: v for k, v in generation.__dict__.items() if k != "batch_size"}}
-        run_generation(model, processor, samples, run_dir, generation, run_config=run_config, overwrite=config.overwrite,
-                       progress=config.progress, state=state, desc=tag)
+    for tag, fusion in settings:
+        run = EvalConfig(**dict(shared, output_dir=os.path.join(config.output_dir, "runs", tag), **fusion))
+        outcome = evaluate_benchmark(run, model=model, processor=processor, state=state, loaded=validation)
         if state.is_main_process:
-            records, _ = merge_predictions(run_dir, samples)
-            scores = score_records(benchmark, records, config.metrics_dir)
+            generation = outcome["generation"]
             results.append({
                 "tag": tag, "fusion": generation.fusion, "fusion_alpha": generation.fusion_alpha if generation.fusion else None,
                 "fusion_beta": generation.fusion_beta if generation.fusion else None,
                 "fusion_layers": generation.fusion_layers if generation.fusion else None,
-                "score": primary_score(benchmark, scores), "n": len(records), "errors": len(scores.get("errors", [])),
+                "score": primary_score(benchmark, outcome["scores"]), "n": outcome["stats"]["num_samples"],
+                "errors": len(outcome["report"]["generation_errors"]),
             })
         state.wait_for_everyone()
     if not state.is_main_process:
@@ -151,17 +154,17 @@ def format_sweep_table(summary):
     rows = ["| layers | alpha | beta | score |", "|---|---|---|---|"]
     for r in summary["results"]:
         if r["fusion"]:
-            rows.append(f"| [{r['fusion_layers'][0]}, {r['fusion_layers'][1]}) | {r['fusion_alpha']:g} | {r['fusion_beta']:g} | {100 * r['score']:.2f} |")
+            rows.append(f"| [{r['fusion_layers'][0]}, {r['fusion_layers'][1]}) | {r['fusion_alpha']:g} | {r['fusion_beta']:g} | {r['score']:.4f} |")
         else:
-            rows.append(f"| no fusion | - | - | {100 * r['score']:.2f} |")
+            rows.append(f"| no fusion | - | - | {r['score']:.4f} |")
     best = summary["best"]
     rows.append(f"\nBest: alpha={best['fusion_alpha']:g}, beta={best['fusion_beta']:g}, layers={best['fusion_layers']} "
-                f"({summary['metric']} {100 * best['score']:.2f} on {summary['num_validation_samples']} validation samples)")
+                f"({summary['metric']} {best['score']:.4f} on {summary['num_validation_samples']} validation samples)")
     return "\n".join(rows)
 
 
 def plot_heatmap(summary, path):
-    """Score (in %) over alpha (x) and beta (y), one panel per layer range; the best setting is starred."""
+    """Score (a fraction, as in the JSON files) over alpha (x) and beta (y), one panel per layer range; the best setting is starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,26 +174,28 @@ def plot_heatmap(summary, path):
     alphas, betas, ranges = summary["alphas"], summary["betas"], summary["layer_ranges"]
     fig, axes = plt.subplots(1, len(ranges), figsize=(1.2 + 1.1 * len(alphas) * len(ranges) + 1.5 * len(ranges), 1.6 + 0.7 * len(betas)), squeeze=False)
     lookup = {(r["fusion_alpha"], r["fusion_beta"], tuple(r["fusion_layers"])): r["score"] for r in summary["results"] if r["fusion"]}
-    vmax = 100 * max(lookup.values()) or 1.0  # one colour scale for every panel
+    vmax = max(lookup.values()) or 1.0  # one colour scale for every panel
     best = summary["best"]
-    for ax, layers in zip(axes[0], ranges):
-        grid = np.array([[100 * lookup[(a, b, tuple(layers))] for a in alphas] for b in betas])
+    image = None
+    for index, (ax, layers) in enumerate(zip(axes[0], ranges)):
+        grid = np.array([[lookup[(a, b, tuple(layers))] for a in alphas] for b in betas])
         image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", vmin=0, vmax=vmax)
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_xlabel("alpha (text-only stream)")
-        ax.set_ylabel("beta (subtracted multimodal stream)")
+        if index == 0:  # one y label: on every panel it ran into the neighbour's tick labels
+            ax.set_ylabel("beta (subtracted multimodal stream)")
         ax.set_title(f"layers [{layers[0]}, {layers[1]})")
         for y in range(len(betas)):
             for x in range(len(alphas)):
                 is_best = [alphas[x], betas[y], list(layers)] == [best["fusion_alpha"], best["fusion_beta"], list(best["fusion_layers"])]
-                ax.text(x, y, f"{grid[y, x]:.1f}" + (" *" if is_best else ""), ha="center", va="center",
+                ax.text(x, y, f"{grid[y, x]:.3f}" + (" *" if is_best else ""), ha="center", va="center",
                         color="white" if grid[y, x] < 0.6 * vmax else "black", fontsize=8, fontweight="bold" if is_best else None)
-        fig.colorbar(image, ax=ax, shrink=0.8, label="%")
     baseline = summary.get("baseline_score")
-    fig.suptitle(f"{summary['benchmark']} {summary['metric']} (%), n={summary['num_validation_samples']}"
-                 + (f", no fusion: {100 * baseline:.1f}" if baseline is not None else ""), fontsize=10)
+    fig.suptitle(f"{summary['benchmark']} {summary['metric']}, n={summary['num_validation_samples']}"
+                 + (f", no fusion: {baseline:.3f}" if baseline is not None else ""), fontsize=10)
     fig.tight_layout()
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label=summary["metric"])  # one scale, right of every panel
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -229,7 +234,7 @@ def write_fusion_setting(model_dir, setting, target="both"):
 
 def apply_fusion_setting(model, setting):
     """Sets the fusion defaults of a loaded model (config and generation config) to a sweep's best setting."""
-    updates = fusion_setting(setting["fusion_alpha"], setting["fusion_beta"], setting["fusion_layers"], _num_layers(model))
+    updates = fusion_setting(setting["fusion_alpha"], setting["fusion_beta"], setting["fusion_layers"], num_text_layers(model))
     for target in (model.config, getattr(model, "generation_config", None)):
         if target is not None:
             for name, value in updates.items():

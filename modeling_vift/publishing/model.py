@@ -276,6 +276,16 @@ the hidden states of the text-only run are fused into those of the multimodal ru
 The model code ships with the weights, so no package needs installing: load it with `trust_remote_code=True`
 (transformers >= 5).
 
+## Security: remote code
+
+`trust_remote_code=True` runs this repository's Python files on your machine. Pin the exact revision you reviewed,
+so that a later push cannot change the code you run: `from_pretrained("{repo_id}", trust_remote_code=True,
+revision="<commit hash>")` (the hash is on the repository's "Files and versions" page). What the code does: it
+builds the model from transformers' own Auto classes (the vision tower and the language model), defines the projector,
+the processor and fused generation, and imports only torch, transformers and its sibling files. What it does not do:
+it downloads nothing besides what `from_pretrained` fetches, opens no network connection, writes no files and runs no
+subprocess.
+
 ## Usage
 
 ```python
@@ -398,6 +408,20 @@ def verify_folder(folder, timeout=1800):
 # --------------------------------------------------------------------------------------------------- push
 
 
+def upload_failure_message(err, repo_id):
+    """What went wrong in an upload, and what to do, in words (the folder itself was verified before)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        hint = "log in with `hf auth login` or pass --token with a token that has write access to this namespace"
+    elif status == 404:
+        hint = "check the namespace of --repo-id (your user name or an organisation you belong to)"
+    else:
+        hint = "check the network connection (HF_HUB_OFFLINE must not be set) and run the command again"
+    return (f"The upload to {repo_id} failed ({type(err).__name__}{f', HTTP {status}' if status else ''}: {text}). "
+            f"The folder passed the checks and the load test; {hint}.")
+
+
 def push_model(
     checkpoint,
     repo_id,
@@ -433,13 +457,6 @@ def push_model(
     log(format_plan(files, repo_id, "model", private, revision, left_out))
     if dry_run:
         log("--- README.md ---\n" + card)
-        if local_dir:
-            materialize(files, local_dir, link=False)
-            log(f"Dry run: the repository's files were laid out in {local_dir}; nothing was verified or uploaded.")
-        else:
-            log("Dry run: nothing was verified or uploaded.")
-        return None
-
     staging = local_dir or tempfile.mkdtemp(prefix=".vift-publish-", dir=os.path.dirname(os.path.abspath(checkpoint)))
     try:
         materialize(files, staging, link=local_dir is None)
@@ -447,12 +464,18 @@ def push_model(
         result = verify_folder(staging, timeout=verify_timeout)
         log(f"Verified: {result['model_class']} generated {result['new_tokens']} token(s)"
             + (f", fused {result['fused_new_tokens']}" if "fused_new_tokens" in result else "") + ".")
+        if dry_run:  # everything but the upload, so that an offline user can check a folder
+            log("Dry run: verified, nothing uploaded" + (f"; the repository's files are laid out in {local_dir}." if local_dir else "."))
+            return None
         if api is None:
             from huggingface_hub import HfApi
 
             api = HfApi(token=token)
         message = commit_message or f"Upload ViFT model ({len(files)} files)"
-        outcome = upload_to_hub(api, staging, files, repo_id, "model", private, revision, message)
+        try:
+            outcome = upload_to_hub(api, staging, files, repo_id, "model", private, revision, message)
+        except Exception as err:  # network, authentication, permissions: one clear line instead of a traceback
+            raise PublishError(upload_failure_message(err, repo_id)) from err
         log(f"Uploaded to https://huggingface.co/{repo_id}" + (f" (revision {revision})" if revision else ""))
         return outcome
     finally:
@@ -468,6 +491,7 @@ __all__ = [
     "plan_model_upload",
     "push_model",
     "render_model_card",
+    "upload_failure_message",
     "upload_to_hub",
     "usage_snippet",
     "verify_folder",

@@ -174,7 +174,13 @@ class ViFTModel(ViFTPreTrainedModel):
             self.vpgc = ViFTVisualPromptCompleter(config)
             # A permanent hook whose per-forward state is set by `forward`: gradient checkpointing re-runs the layer
             # during backward and must see the same VPG-C step as the forward did.
-            layer = decoder_layers(self.language_model)[config.vpgc_layer]
+            layers = decoder_layers(self.language_model)
+            if not 0 <= config.vpgc_layer < len(layers):  # set on the config after its own check
+                raise ValueError(
+                    f"config.vpgc_layer={config.vpgc_layer} is out of range for a language model with {len(layers)} "
+                    f"layers: use an index in [0, {len(layers) - 1}] (the Cheetah work uses a middle layer), or None."
+                )
+            layer = layers[config.vpgc_layer]
             layer.register_forward_pre_hook(self._vpgc_pre_hook, with_kwargs=True)
         self.post_init()
 
