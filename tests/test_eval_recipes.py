@@ -270,7 +270,7 @@ def test_the_recipes_parse_their_yaml_into_the_library_configs():
     from recipes import evaluate_benchmark, sweep_fusion
 
     for name in sorted(os.listdir(os.path.join(REPO, "recipes"))):
-        if not name.startswith("eval_"):
+        if not (name.startswith("eval_") and name.endswith(".yaml")):
             continue
         sweep = name == "eval_sweep_fusion.yaml"
         parser = (sweep_fusion if sweep else evaluate_benchmark).make_parser()
