@@ -171,8 +171,8 @@ def test_an_upload_failure_ends_in_a_clear_message_not_a_traceback(published, mo
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
     monkeypatch.setattr(publish_model, "verify_folder", lambda folder, timeout: {"model_class": "x", "new_tokens": 1})
-    assert main([published["checkpoint"], "--repo-id", "org/vift", "--base-model", BASE_MODELS[0],
-                 "--base-model", BASE_MODELS[1], "--token", TOKEN]) == 2
+    assert main(["--checkpoint", published["checkpoint"], "--repo_id", "org/vift", "--base_model", BASE_MODELS[0],
+                 BASE_MODELS[1], "--token", TOKEN]) == 2
     err = capsys.readouterr().err
     assert "The upload to org/vift failed (OSError, HTTP 403: 403 Forbidden" in err and "hf auth login" in err
     assert "Traceback" not in err and TOKEN not in err
