@@ -11,6 +11,12 @@ Fused generation with explicit settings (defaults: the model config's fusion_alp
     python -m recipes.evaluate_benchmark --config recipes/eval_mathverse.yaml --model_name_or_path path/to/vift \
         --fusion true --fusion_alpha 1.0 --fusion_beta 0.5 --fusion_layers 14:28
 
+Protocols (recorded in scores.json): `--protocol official` (default) reproduces the benchmark's own scorer so numbers
+sit in published tables; `--protocol strict` is vift's careful scorer. MathVista's official answer extraction asks an
+LLM; give one with `--judge_endpoint http://host:port/v1 --judge_model NAME` (OpenAI-compatible, key in
+$OPENAI_API_KEY) or `--judge_model path/to/causal-lm`, cached in output_dir/extractions.jsonl; without one the
+rule-based stand-in is used.
+
 An interrupted run resumes when started again with the same output_dir (`--overwrite true` starts afresh).
 Outputs in output_dir: predictions.jsonl, scores.json, report.json (skipped / empty / unparsed / failed samples),
 summary.md (also printed), and answers.jsonl (LLaVA format) for open-ended questions.
@@ -29,6 +35,7 @@ from typing import Optional
 from trl import TrlParser
 
 from modeling_vift.evaluation import EvalConfig, GenerationSettings, LLMJudgeExtractor, evaluate_benchmark
+from modeling_vift.evaluation.official import MathVistaLLMExtractor, causal_lm_backend, openai_compatible_backend
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,10 +76,12 @@ class EvaluateArguments:
     system_prompt: Optional[str] = field(default=None, metadata={"help": "Optional system turn."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     extractor: str = field(default="rules", metadata={"help": "'rules' (default) or 'llm_judge' (needs judge_model)."})
-    judge_model: Optional[str] = field(default=None, metadata={"help": "Text-generation model used by the llm_judge extractor."})
+    judge_model: Optional[str] = field(default=None, metadata={"help": "Text-generation model used by the llm_judge extractor, or the official MathVista extractor (protocol official)."})
+    judge_endpoint: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible base URL: judge_model is then a model name served there."})
+    protocol: str = field(default="official", metadata={"help": "'official' (the benchmark's own scorer) or 'strict' (vift's careful scorer)."})
     overwrite: bool = field(default=False, metadata={"help": "Discard earlier predictions in output_dir instead of resuming."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-    metrics_dir: str = field(default=os.path.join(REPO, "metrics"), metadata={"help": "Folder of the evaluate modules."})
+    metrics_dir: Optional[str] = field(default=None, metadata={"help": "Score through the evaluate modules in this folder (default: the package)."})
 
 
 def build_config(args):
@@ -86,7 +95,7 @@ def build_config(args):
         model_name_or_path=args.model_name_or_path, split=args.split, data_config=args.data_config,
         image_root=args.image_root, prompt_style=args.prompt_style, query_field=args.query_field,
         max_samples=args.max_samples, exclude_ids_file=args.exclude_ids_file, generation=generation,
-        overwrite=args.overwrite, progress=args.progress, metrics_dir=args.metrics_dir,
+        overwrite=args.overwrite, progress=args.progress, metrics_dir=args.metrics_dir, protocol=args.protocol,
     )
 
 
@@ -100,6 +109,12 @@ def main(args):
     extractor = None
     if args.extractor == "llm_judge" and PartialState().is_main_process:  # only the main process scores
         extractor = LLMJudgeExtractor.from_pretrained(args.judge_model)
+    elif (args.protocol == "official" and args.benchmark.lower() == "mathvista" and args.judge_model
+          and PartialState().is_main_process):
+        generate = (openai_compatible_backend(args.judge_model, base_url=args.judge_endpoint) if args.judge_endpoint
+                    else causal_lm_backend(args.judge_model))
+        extractor = MathVistaLLMExtractor(generate, cache_path=os.path.join(args.output_dir, "extractions.jsonl"),
+                                          model_id=args.judge_model)
     result = evaluate_benchmark(build_config(args), extractor=extractor, dtype=args.dtype)
     if result is not None:
         print(result["summary"])

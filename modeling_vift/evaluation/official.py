@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from collections import Counter
@@ -34,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from .extraction import LETTERS, answer_segment, extract_letter, extract_number, find_numbers, parse_number
+from .extraction import LETTERS, answer_segment, extract_letter, extract_number, find_numbers, math_value, parse_number
 from .scoring import MULTI_CHOICE, SampleScore
 
 
@@ -480,40 +479,6 @@ def mathvision_clean(text):
     ans = ans.replace("^\\circ", "").replace("{m}^3", "").replace("m^3", "").replace("{units}", "").replace("units", "")
     ans = ans.replace("{km}", "").replace("km", "")
     return _strip_latex(ans)
-
-
-def _latex_to_sympy_text(text):
-    """A LaTeX expression rewritten for sympy's parser (fractions, roots, powers, pi, products); raises ValueError
-    when something other than arithmetic is left."""
-    s = text.replace("\\cdot", "*").replace("\\times", "*").replace("\\pi", " pi ").replace("π", " pi ")
-    s = s.replace("\\infty", " oo ").replace("{", "(").replace("}", ")").replace("^", "**")
-    for _ in range(10):  # \frac(a)(b) -> ((a)/(b)), innermost first
-        new = re.sub(r"\\frac\s*(\((?:[^()]|\([^()]*\))*\))\s*(\((?:[^()]|\([^()]*\))*\))", r"(\1/\2)", s)
-        new = re.sub(r"\\sqrt\s*\[([^\]]+)\]\s*(\((?:[^()]|\([^()]*\))*\))", r"root(\2,\1)", new)
-        new = re.sub(r"\\sqrt\s*(\((?:[^()]|\([^()]*\))*\))", r"sqrt\1", new)
-        if new == s:
-            break
-        s = new
-    if "\\" in s or re.search(r"[a-df-z]|e[a-z]", re.sub(r"pi|oo|sqrt|root", "", s)):
-        raise ValueError(f"not arithmetic: {text!r}")
-    return s
-
-
-def math_value(text):
-    """The numeric value of a LaTeX / plain arithmetic expression (sympy), or None."""
-    import sympy
-    from sympy.parsing.sympy_parser import implicit_multiplication_application, parse_expr, standard_transformations
-
-    try:
-        expression = parse_expr(_latex_to_sympy_text(str(text)), local_dict={"e": sympy.E, "pi": sympy.pi},
-                                transformations=standard_transformations + (implicit_multiplication_application,),
-                                evaluate=True)
-        value = complex(sympy.N(expression))
-    except Exception:  # anything sympy cannot read or evaluate is "not a number", as in the official scorer
-        return None
-    if value.imag != 0 or math.isnan(value.real) or math.isinf(value.real):
-        return None
-    return value.real
 
 
 def _evaluate_tuple(text):
