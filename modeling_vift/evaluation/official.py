@@ -318,7 +318,7 @@ def mathverse_rule_extract(response):
     lead = max((i for i, line in enumerate(lines) if line.endswith(":")), default=None)
     block = lines[lead + 1:] if lead is not None and lead + 1 < len(lines) else lines[-1:]
     last = lines[-1]
-    closing = re.search(r"\s(-?\d+(?:\.\d+)?)\s*(?:[a-zA-Z°%]+)?\.?\s*$", last)
+    closing = re.search(r"\s(-?\d+(?:\.\d+)?)\s*(?:[a-zA-Z°%]+|\^\{?\\circ\}?)?\.?\s*$", last)
     if closing and " " in last.strip() and not last.rstrip().endswith(":"):
         block = [last] if lead is None or len(lines) - lead > 2 else block
     if len(block) == 1:
@@ -330,9 +330,8 @@ def mathverse_rule_extract(response):
             return _strip_math(line).rstrip(".").rstrip('",').strip()
         if re.search(r"\b(?:cannot|can not|can't|unable|not enough information)\b", line, re.IGNORECASE):
             return "null"
-        tail = re.search(r"(-?\d+(?:\.\d+)?)\s*(?:[a-zA-Z°%]+\.?|\.)?\s*$", line)
-        if tail:
-            return tail.group(1)
+        if closing and line is last:
+            return closing.group(1)
         if "=" in line:
             return _strip_math(line.split(":")[-1]).rstrip(".")
         return _strip_math(line).rstrip(".")

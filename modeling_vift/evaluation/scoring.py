@@ -272,7 +272,9 @@ def _symbolic_match(segment, answer):
     target = math_value(_normalize_math_text(answer).replace("\\dfrac", "\\frac"))
     if target is None:
         return None
-    cleaned = re.sub(r"\\(?:text|mathrm)\s*\{[^{}]*\}", "", segment).replace("$", "").strip().rstrip(".")
+    spans = re.findall(r"\$([^$]+)\$", segment)  # the last inline formula, else the text after the last " is "
+    cleaned = spans[-1] if spans else re.split(r"\bis\b", segment)[-1]
+    cleaned = re.sub(r"\\(?:text|mathrm)\s*\{[^{}]*\}", "", cleaned).replace("$", "").strip().rstrip(".")
     cleaned = cleaned.split("=")[-1].split("\\approx")[-1].strip()
     value = math_value(cleaned) if is_symbolic(cleaned) else None
     if value is None:
