@@ -323,7 +323,7 @@ def mathverse_rule_extract(response):
         block = [last] if lead is None or len(lines) - lead > 2 else block
     if len(block) == 1:
         line = block[0]
-        letter = re.match(r"\(?([A-H])\)?[.:)]\s", line + " ")
+        letter = re.match(r"\(?([A-H])\)?(?:[.)]\s|\s*[:：])", line + " ")
         if letter:
             return letter.group(1)
         if lead is not None and line is not last or (lead is not None and not closing):
