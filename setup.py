@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        "sympy>=1.12",  # MATH-V's official value comparison (already pulled in by torch)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],

@@ -12,6 +12,12 @@ Fused generation uses the model's own fusion settings (its generation config, el
     python -m recipes.evaluate_benchmark --config recipes/eval_mathverse.yaml --model_name_or_path path/to/vift \
         --fusion true --fusion_alpha 1.0 --fusion_beta 0.5 --fusion_layers upper_half
 
+Protocols (recorded in scores.json): `--protocol official` (default) reproduces the benchmark's own scorer so numbers
+sit in published tables; `--protocol strict` is vift's careful scorer. MathVista's official answer extraction asks an
+LLM; give one with `--judge_endpoint http://host:port/v1 --judge_model NAME` (OpenAI-compatible, key in
+$OPENAI_API_KEY) or `--judge_model path/to/causal-lm`, cached in output_dir/extractions.jsonl; without one the
+rule-based stand-in is used.
+
 Every field of `modeling_vift.evaluation.EvalConfig` is a flag (`--help` lists them). An interrupted run resumes when
 started again with the same output_dir (`--overwrite true` starts afresh). A run that evaluated no sample, or whose
 share of failed generations exceeds `--max_failed_share` (0.1), exits with status 1 and the reasons.
@@ -19,6 +25,7 @@ Outputs in output_dir: predictions.jsonl, scores.json, report.json (skipped / em
 summary.md (also printed), and answers.jsonl (LLaVA format) for open-ended questions.
 """
 
+import os
 import sys
 
 
@@ -28,6 +35,7 @@ if __name__ == "__main__" and not __package__:  # run as a file, `import evaluat
 from trl import TrlParser
 
 from modeling_vift.evaluation import EvalConfig, EvaluationFailed, LLMJudgeExtractor, evaluate_benchmark
+from modeling_vift.evaluation.official import MathVistaLLMExtractor, causal_lm_backend, openai_compatible_backend
 
 
 def make_parser():
@@ -40,6 +48,12 @@ def main(config: EvalConfig):
     extractor = None
     if config.extractor == "llm_judge" and PartialState().is_main_process:  # only the main process scores
         extractor = LLMJudgeExtractor.from_pretrained(config.judge_model)
+    elif (config.protocol == "official" and config.benchmark.lower() == "mathvista" and config.judge_model
+          and PartialState().is_main_process):  # the official MathVista extraction asks an LLM
+        generate = (openai_compatible_backend(config.judge_model, base_url=config.judge_endpoint)
+                    if config.judge_endpoint else causal_lm_backend(config.judge_model))
+        extractor = MathVistaLLMExtractor(generate, cache_path=os.path.join(config.output_dir, "extractions.jsonl"),
+                                          model_id=config.judge_model)
     result = evaluate_benchmark(config, extractor=extractor)
     if result is not None:
         print(result["summary"])

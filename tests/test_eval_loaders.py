@@ -42,7 +42,8 @@ def test_mathverse_keeps_text_only_problems_without_an_image(data):
     by_id = {s.id: s for s in result.samples}
     assert sorted(by_id) == ["1", "2", "3"] and reasons(result)["4"].startswith("missing image")
     assert by_id["3"].images == [] and "<image>" not in by_id["3"].prompt
-    assert by_id["1"].question_type == "multi_choice" and by_id["1"].choices == [] and by_id["1"].reference == "C"
+    assert by_id["1"].question_type == "multi_choice" and by_id["1"].reference == "C"
+    assert by_id["1"].choices == ["40°", "50°", "130°", "140°"]  # parsed from the question for the scorer
     assert by_id["2"].answer_type == "number" and by_id["2"].group == "Vision Intensive"
     assert "directly answer" in by_id["1"].prompt
     cot = load_benchmark("mathverse", os.path.join(data, "mathverse_testmini.json"), query_field="query_cot")

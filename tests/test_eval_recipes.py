@@ -111,7 +111,8 @@ def test_fixture_answers_score_as_hand_counted(data):
     assert mathvision["scores"] == [1.0, 0.0, 1.0]
     demon = score_records("demon", records("demon", {
         "NLVR2/0": "true", "NLVR2/1": "It is true.", "RecipeQA_VisualCloze/0": "Image B",
-        "Spot-the-Diff/0": "the blue square moved to the left", "Spot-the-Diff/1": "the red circle is gone"}))
+        "Spot-the-Diff/0": "the blue square moved to the left", "Spot-the-Diff/1": "the red circle is gone"}),
+        protocol="strict")  # strict ROUGE-L counts every word; the official one counts unique words
     rouge_first = 2 * 1.0 * (7 / 12) / (1.0 + 7 / 12)  # LCS 7 words of a 7-word prediction and a 12-word reference
     assert demon["per_task"]["NLVR2"]["score"] == 0.5 and demon["per_task"]["RecipeQA_VisualCloze"]["score"] == 1.0
     assert demon["per_task"]["Spot-the-Diff"]["score"] == pytest.approx((rouge_first + 1.0) / 2)

@@ -1,15 +1,14 @@
 """DEMON scores (an `evaluate` module): accuracy for multi-choice tasks (the free-form answer mapped to its nearest
 option by TF-IDF cosine after normalisation), ROUGE-L for open-ended tasks, per task, per category and overall.
 
-Load it by path from a checkout: `evaluate.load("metrics/demon_score")`. Implemented in plain Python/numpy in
-`modeling_vift.evaluation.scoring`.
+Load it by path: `evaluate.load("metrics/demon_score")`. A thin wrapper around
+`modeling_vift.evaluation.metrics.compute_demon_scores` (installed with vift), which the recipes call directly.
 """
 
 import datasets
 import evaluate
-import numpy as np
 
-from modeling_vift.evaluation.scoring import score_demon
+from modeling_vift.evaluation.metrics import compute_demon_scores
 
 
 _DESCRIPTION = """
@@ -30,24 +29,17 @@ Args:
     tasks (`list[str]`, optional): the task (dataset) of each sample; default one task "all".
     categories (`list[str]`, optional): the DEMON category of each sample; default "unknown".
     ids (`list[str]`, optional): sample ids used in the lists of empty / unparsed / invalid samples.
+    protocol (`str`): `strict` (default; the rules above) or `official` (the DEMON script's own rules: its punctuation
+        handling, the `rouge` package's ROUGE-L, scikit-learn TF-IDF with the first option on ties).
 Returns:
     overall (`float`, 0-1), per_category {category: {score, n_tasks, n}}, per_task {task: {score, metric, n,
-    category}}, empty [ids], unparsed [ids], invalid [{id, reason}], scores [per sample].
+    category}}, empty [ids], unparsed [ids], invalid [{id, reason}], scores [per sample], protocol.
 Examples:
     >>> metric = evaluate.load("metrics/demon_score")
     >>> metric.compute(predictions=["it is true"], references=["True"], question_types=["multi-choice"],
     ...                choices=[["True", "False"]])["overall"]
     1.0
 """
-
-
-def _per_sample(values, n, name, default=None):
-    if values is None:
-        return [default] * n
-    values = list(values)
-    if len(values) != n:
-        raise ValueError(f"`{name}` has {len(values)} entries but there are {n} predictions: give one per prediction.")
-    return values
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -60,50 +52,7 @@ class DemonScore(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, references, question_types=None, choices=None, tasks=None, categories=None, ids=None):
-        n = len(predictions)
-        question_types = _per_sample(question_types, n, "question_types", None)
-        choices = _per_sample(choices, n, "choices", None)
-        tasks = [str(t) if t is not None else "all" for t in _per_sample(tasks, n, "tasks", "all")]
-        categories = [str(c) if c is not None else "unknown" for c in _per_sample(categories, n, "categories", "unknown")]
-        ids = [str(i) for i in _per_sample(ids, n, "ids", None)] if ids is not None else [str(i) for i in range(n)]
-
-        scores, empty, unparsed, invalid = [], [], [], []
-        per_task = {}
-        for i in range(n):
-            if question_types[i] not in ("multi-choice", "open-ended"):
-                invalid.append({"id": ids[i], "reason": f"unknown question_type: {question_types[i]!r}"})
-                scores.append(0.0)
-                task = per_task.setdefault(tasks[i], {"scores": [], "category": categories[i], "types": set()})
-                task["scores"].append(0.0)
-                continue
-            result = score_demon(predictions[i], references[i], question_types[i], choices[i])
-            scores.append(result.score)
-            if result.status == "empty":
-                empty.append(ids[i])
-            elif result.status == "unparsed":
-                unparsed.append(ids[i])
-            task = per_task.setdefault(tasks[i], {"scores": [], "category": categories[i], "types": set()})
-            task["scores"].append(result.score)
-            task["types"].add(question_types[i])
-
-        task_out, category_scores = {}, {}
-        for name, task in sorted(per_task.items()):
-            metric = "accuracy" if task["types"] == {"multi-choice"} else ("rouge_l" if task["types"] == {"open-ended"} else "mixed")
-            score = float(np.mean(task["scores"]))
-            task_out[name] = {"score": score, "metric": metric, "n": len(task["scores"]), "category": task["category"]}
-            category_scores.setdefault(task["category"], []).append((score, len(task["scores"])))
-        per_category = {
-            c: {"score": float(np.mean([s for s, _ in v])), "n_tasks": len(v), "n": sum(k for _, k in v)}
-            for c, v in sorted(category_scores.items())
-        }
-        overall = float(np.mean([v["score"] for v in per_category.values()])) if per_category else 0.0
-        return {
-            "overall": overall,
-            "per_category": per_category,
-            "per_task": task_out,
-            "empty": empty,
-            "unparsed": unparsed,
-            "invalid": invalid,
-            "scores": scores,
-        }
+    def _compute(self, predictions, references, question_types=None, choices=None, tasks=None, categories=None, ids=None,
+                 protocol="strict"):
+        return compute_demon_scores(predictions, references, question_types=question_types, choices=choices, tasks=tasks,
+                                    categories=categories, ids=ids, protocol=protocol)

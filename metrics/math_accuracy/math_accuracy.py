@@ -1,13 +1,13 @@
 """Accuracy with rule-based answer extraction for MathVista, MathVerse and MathVision (an `evaluate` module).
 
-Load it by path from a checkout: `evaluate.load("metrics/math_accuracy")`. The extraction and comparison rules live in
-`modeling_vift.evaluation` (installed with this repository) so that the recipes and this module agree.
+Load it by path: `evaluate.load("metrics/math_accuracy")`. A thin wrapper: the rules live in
+`modeling_vift.evaluation.metrics.compute_math_accuracy` (installed with vift), which the recipes call directly.
 """
 
 import datasets
 import evaluate
 
-from modeling_vift.evaluation.scoring import ANSWER_TYPES, FREE_FORM, MULTI_CHOICE, aggregate, score_math
+from modeling_vift.evaluation.metrics import compute_math_accuracy
 
 
 _DESCRIPTION = """
@@ -32,24 +32,19 @@ Args:
     ids (`list[str]`, optional): sample ids used in the lists of empty / unparsed / invalid samples.
     extracted (`list[str | None]`, optional): answers already extracted (e.g. by an LLM judge); `None` entries fall
         back to the rules on the raw prediction.
+    questions (`list[str]`, optional): the question texts (the MathVerse official judge reads the options there).
+    benchmark (`str`, optional): `mathvista`, `mathverse` or `mathvision`: whose official scorer `protocol="official"`
+        reproduces.
+    protocol (`str`): `strict` (default, vift's careful rules) or `official` (the benchmark's own scorer).
 Returns:
     accuracy (`float`, 0-1), correct, total, per_group {group: {score, n}}, empty [ids], unparsed [ids],
-    invalid [{id, reason}], scores [0/1 per sample], extracted [the value read per sample].
+    invalid [{id, reason}], scores [0/1 per sample], extracted [the value read per sample], protocol.
 Examples:
     >>> metric = evaluate.load("metrics/math_accuracy")
     >>> metric.compute(predictions=["The answer is (B)"], references=["4"], question_types=["multi_choice"],
     ...                choices=[["3", "4"]])["accuracy"]
     1.0
 """
-
-
-def _per_sample(values, n, name, default=None):
-    if values is None:
-        return [default] * n
-    values = list(values)
-    if len(values) != n:
-        raise ValueError(f"`{name}` has {len(values)} entries but there are {n} predictions: give one per prediction.")
-    return values
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -63,42 +58,7 @@ class MathAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, question_types=None, answer_types=None, choices=None, precisions=None,
-                 groups=None, ids=None, extracted=None):
-        n = len(predictions)
-        question_types = _per_sample(question_types, n, "question_types", FREE_FORM)
-        answer_types = _per_sample(answer_types, n, "answer_types", None)
-        choices = _per_sample(choices, n, "choices", None)
-        precisions = _per_sample(precisions, n, "precisions", None)
-        ids = [str(i) for i in _per_sample(ids, n, "ids", None)] if ids is not None else [str(i) for i in range(n)]
-        extracted = _per_sample(extracted, n, "extracted", None)
-        grouped = groups is not None
-        groups = _per_sample(groups, n, "groups", None)
-
-        scores, values, empty, unparsed, invalid = [], [], [], [], []
-        for i in range(n):
-            qtype = str(question_types[i] or FREE_FORM).replace("-", "_")
-            atype = answer_types[i] or (None if qtype == MULTI_CHOICE else "text")
-            if qtype not in (MULTI_CHOICE, FREE_FORM) or (qtype == FREE_FORM and atype not in ANSWER_TYPES):
-                invalid.append({"id": ids[i], "reason": f"unknown question/answer type: {question_types[i]!r}/{answer_types[i]!r}"})
-                scores.append(0.0)
-                values.append(None)
-                continue
-            result = score_math(predictions[i], references[i], qtype, atype, choices[i], precisions[i], extracted[i])
-            scores.append(result.score)
-            values.append(result.extracted)
-            if result.status == "empty":
-                empty.append(ids[i])
-            elif result.status == "unparsed":
-                unparsed.append(ids[i])
-        summary = aggregate(scores, groups if grouped else None)
-        return {
-            "accuracy": summary["score"],
-            "correct": int(sum(scores)),
-            "total": n,
-            "per_group": summary.get("per_group", {}),
-            "empty": empty,
-            "unparsed": unparsed,
-            "invalid": invalid,
-            "scores": scores,
-            "extracted": values,
-        }
+                 groups=None, ids=None, extracted=None, questions=None, benchmark=None, protocol="strict"):
+        return compute_math_accuracy(predictions, references, question_types=question_types, answer_types=answer_types,
+                                     choices=choices, precisions=precisions, groups=groups, ids=ids, extracted=extracted,
+                                     questions=questions, benchmark=benchmark, protocol=protocol)

@@ -16,10 +16,12 @@ Published fields used:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 from .extraction import LETTERS, parse_number
+from .official import parse_mathverse_choices
 from .samples import IMAGE_PLACEHOLDER, DataError, EvalSample, LoadResult, read_records, resolve_image
 from .scoring import FREE_FORM, MULTI_CHOICE
 
@@ -82,7 +84,21 @@ def _metadata(record):
 # ---------------------------------------------------------------------------------------------- readers
 
 
-def read_mathvista(record, result, roots, prompt_style="dataset", query_field="query"):
+def read_query_file(data_path):
+    """MathVista's published prompts when they live apart from the records: the GitHub copy keeps them in
+    `data/query.json` (`{pid: query}`) next to `testmini.json`. Returns {} when there is no such file."""
+    base = str(data_path) if os.path.isdir(str(data_path)) else os.path.dirname(os.path.abspath(str(data_path)))
+    for path in (os.path.join(base, "query.json"), os.path.join(base, "data", "query.json")):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                queries = json.load(f)
+            if not isinstance(queries, dict):
+                raise DataError(f"{path} should map each pid to its query, got a {type(queries).__name__}.")
+            return {str(k): v for k, v in queries.items()}
+    return {}
+
+
+def read_mathvista(record, result, roots, prompt_style="dataset", query_field="query", queries=None, protocol="strict"):
     sample_id = record.get("pid", record.get("_key"))
     question_type = record.get("question_type")
     if question_type not in (MULTI_CHOICE, FREE_FORM):
@@ -99,7 +115,11 @@ def read_mathvista(record, result, roots, prompt_style="dataset", query_field="q
     if error:
         return result.skip(sample_id, error)
     precision = _precision(record.get("precision"))
-    query = record.get(query_field) if prompt_style == "dataset" else None
+    query = (record.get(query_field) or (queries or {}).get(str(sample_id))) if prompt_style == "dataset" else None
+    if not query and protocol == "official" and prompt_style == "dataset":
+        return result.skip(sample_id, "missing official query: the record has no `query` and no query.json lists its "
+                                      "pid (put the GitHub copy's data/query.json next to testmini.json, use the Hub "
+                                      "dataset, or prompt_style=built)")
     if not query:
         query = math_query(record.get("question"), question_type, answer_type, choices, precision, record.get("unit"))
     meta = _metadata(record)
@@ -107,11 +127,12 @@ def read_mathvista(record, result, roots, prompt_style="dataset", query_field="q
         id=str(sample_id), benchmark="mathvista", prompt=image_prompt(_clean(query)), images=[image],
         reference=str(record["answer"]), question_type=question_type, answer_type=answer_type, choices=choices,
         precision=precision, group=meta.get("task") or meta.get("category"),
-        extra={"question": record.get("question"), "unit": record.get("unit"), "category": meta.get("category")},
+        extra={"question": record.get("question"), "unit": record.get("unit"), "category": meta.get("category"),
+               "query": query},
     )
 
 
-def read_mathverse(record, result, roots, prompt_style="dataset", query_field="query_wo"):
+def read_mathverse(record, result, roots, prompt_style="dataset", query_field="query_wo", **_):
     sample_id = record.get("sample_index", record.get("_key"))
     raw_type = str(record.get("question_type", "")).replace("-", "_")
     if raw_type not in (MULTI_CHOICE, FREE_FORM):
@@ -129,14 +150,17 @@ def read_mathverse(record, result, roots, prompt_style="dataset", query_field="q
     query = record.get(query_field) if prompt_style == "dataset" else None
     if not query:
         query = math_query(record.get("question"), raw_type, "number" if raw_type == FREE_FORM else None)
+    # the options are written into the question (`A:140°`, `Choices:\nA. True`): the scorer gets them
+    choices = [text for _, text in parse_mathverse_choices(record.get("question"))] if raw_type == MULTI_CHOICE else []
     return EvalSample(
         id=str(sample_id), benchmark="mathverse", prompt=image_prompt(_clean(query), len(images)), images=images,
         reference=str(answer), question_type=raw_type, answer_type=None if raw_type == MULTI_CHOICE else "number",
+        choices=choices,
         group=version, extra={"question": record.get("question"), "problem_index": record.get("problem_index")},
     )
 
 
-def read_mathvision(record, result, roots, prompt_style="dataset", query_field=None):
+def read_mathvision(record, result, roots, prompt_style="dataset", query_field=None, **_):
     sample_id = record.get("id", record.get("_key"))
     options = [str(o) for o in (record.get("options") or [])]
     answer = record.get("answer")
@@ -159,7 +183,7 @@ def read_mathvision(record, result, roots, prompt_style="dataset", query_field=N
     )
 
 
-def read_open_ended(record, result, roots, prompt_style="dataset", query_field=None):
+def read_open_ended(record, result, roots, prompt_style="dataset", query_field=None, **_):
     sample_id = record.get("question_id", record.get("id", record.get("_key")))
     question = record.get(query_field) if query_field else None
     question = question or record.get("text") or record.get("question") or record.get("prompt")
@@ -200,11 +224,12 @@ def _looks_like_hub_id(path):
 
 
 def load_benchmark(name, data_path, split=None, config=None, image_root=None, prompt_style="dataset",
-                   query_field=None, max_samples=None, exclude_ids=None, sample_ids=None):
+                   query_field=None, max_samples=None, exclude_ids=None, sample_ids=None, protocol="strict"):
     """Reads a benchmark into a `LoadResult`: the evaluable samples in file order, and every skipped record with
     its reason. `image_root` is where relative image paths live (default: the data file's folder); `exclude_ids`
     drops ids (e.g. the validation ids a fusion sweep used); `sample_ids` keeps only these ids; `max_samples` keeps
-    the first N evaluable samples."""
+    the first N evaluable samples. Under `protocol="official"` MathVista needs the published query (the official hint
+    prompt): a record without one is skipped with its reason."""
     name = canonical_benchmark(name)
     if prompt_style not in ("dataset", "built"):
         raise ValueError(f"prompt_style must be 'dataset' (the published query when there is one) or 'built', got {prompt_style!r}.")
@@ -219,6 +244,7 @@ def load_benchmark(name, data_path, split=None, config=None, image_root=None, pr
         records, bad = read_records(data_path, split=split, config=config)
         base = str(data_path) if os.path.isdir(str(data_path)) else os.path.dirname(os.path.abspath(str(data_path)))
         roots = [r for r in (image_root, base, os.path.join(base, "images")) if r]
+        queries = read_query_file(data_path) if name == "mathvista" and os.path.exists(str(data_path)) else {}
         result = LoadResult(benchmark=name, samples=[], source=str(data_path))
         for position, reason in bad:
             result.skip(position, reason)
@@ -226,7 +252,8 @@ def load_benchmark(name, data_path, split=None, config=None, image_root=None, pr
             if not isinstance(record, dict):
                 result.skip(f"#{len(result.samples) + len(result.skipped)}", f"invalid record: expected an object, got {type(record).__name__}")
                 continue
-            sample = reader(record, result, roots, prompt_style=prompt_style, query_field=query_field or default_field)
+            sample = reader(record, result, roots, prompt_style=prompt_style, query_field=query_field or default_field,
+                            queries=queries, protocol=protocol)
             if sample is not None:
                 result.samples.append(sample)
     return _filter(result, max_samples=max_samples, exclude_ids=exclude_ids, sample_ids=sample_ids)

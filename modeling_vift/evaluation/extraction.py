@@ -12,6 +12,7 @@ Every function returns `None` when nothing can be read: the scorer gives such a 
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from fractions import Fraction
@@ -75,7 +76,7 @@ def parse_number(text):
     optional `%`, `$` or trailing unit ignored). Returns a float, or `None` when `text` is not such a number."""
     if text is None:
         return None
-    text = str(text).strip().strip("$").strip()
+    text = normalize_minus(text).strip().strip("$").strip()
     match = _LATEX_FRAC.fullmatch(text)
     if match:
         return _fraction_value(match.group(2), match.group(3), negative=match.group(1) == "-")
@@ -100,8 +101,19 @@ def _fraction_value(numerator, denominator, negative=False):
     return -value if negative else value
 
 
+NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty".split())}
+
+
+def normalize_minus(text):
+    """Unicode minus signs and dashes used as minus (`−4`, `–4`) written as `-`."""
+    return re.sub(r"[\u2212\u2013\u2012\ufe63\uff0d](?=\s*\d)", "-", str(text))
+
+
 def find_numbers(text):
     """Every number in `text`, in order of appearance (LaTeX fractions first converted to `a/b`)."""
+    text = normalize_minus(text)
     text = _LATEX_FRAC.sub(lambda m: f"{m.group(1)}{m.group(2)}/{m.group(3)}", text)
     values = []
     for match in _NUMBER.finditer(text):
@@ -120,8 +132,17 @@ def extract_number(response):
         numbers = find_numbers(segment)
         if numbers:
             return numbers[0] if len(numbers) == 1 else numbers[-1]
+    first_line = response.strip().split("\n", 1)[0].strip()
+    lead = re.fullmatch(r"\$?(-?[\d.,/]+)\s*(?:[a-zA-Z°%]{0,12})\.?", normalize_minus(first_line))
+    if lead and "\n" in response.strip():  # "5\n\nExplanation: ... 3 ...": the answer comes first
+        value = parse_number(lead.group(1))
+        if value is not None:
+            return value
     numbers = find_numbers(response)
-    return numbers[-1] if numbers else None
+    if numbers:
+        return numbers[-1]
+    words = [NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", (segment or response).lower()) if w in NUMBER_WORDS]
+    return float(words[-1]) if words else None
 
 
 def extract_number_list(response):
@@ -139,13 +160,57 @@ def extract_number_list(response):
     return numbers or None
 
 
+_SYMBOLIC = re.compile(r"\\sqrt|\\pi|\\frac\s*\{[^{}]*[^\d{}.\s-][^{}]*\}|√|π|\^")
+
+
+def is_symbolic(text):
+    """Whether an answer is written symbolically (a root, pi, a power, a fraction of expressions)."""
+    return bool(_SYMBOLIC.search(str(text or "")))
+
+
+def _latex_to_sympy_text(text):
+    """A LaTeX expression rewritten for sympy's parser (fractions, roots, powers, pi, products); raises ValueError
+    when something other than arithmetic is left."""
+    s = text.replace("\\cdot", "*").replace("√", "\\sqrt").replace("\\times", "*").replace("\\pi", " pi ").replace("π", " pi ")
+    s = s.replace("\\infty", " oo ").replace("{", "(").replace("}", ")").replace("^", "**")
+    for _ in range(10):  # \frac(a)(b) -> ((a)/(b)), innermost first
+        new = re.sub(r"\\frac\s*(\((?:[^()]|\([^()]*\))*\))\s*(\((?:[^()]|\([^()]*\))*\))", r"(\1/\2)", s)
+        new = re.sub(r"\\sqrt\s*\[([^\]]+)\]\s*(\((?:[^()]|\([^()]*\))*\))", r"root(\2,\1)", new)
+        new = re.sub(r"\\sqrt\s*(\((?:[^()]|\([^()]*\))*\))", r"sqrt\1", new)
+        if new == s:
+            break
+        s = new
+    if "\\" in s or re.search(r"[a-df-z]|e[a-z]", re.sub(r"pi|oo|sqrt|root", "", s)):
+        raise ValueError(f"not arithmetic: {text!r}")
+    return s
+
+
+def math_value(text):
+    """The numeric value of a LaTeX / plain arithmetic expression (sympy), or None."""
+    import sympy
+    from sympy.parsing.sympy_parser import implicit_multiplication_application, parse_expr, standard_transformations
+
+    try:
+        expression = parse_expr(_latex_to_sympy_text(str(text)), local_dict={"e": sympy.E, "pi": sympy.pi},
+                                transformations=standard_transformations + (implicit_multiplication_application,),
+                                evaluate=True)
+        value = complex(sympy.N(expression))
+    except Exception:  # anything sympy cannot read or evaluate is "not a number", as in the official scorer
+        return None
+    if value.imag != 0 or math.isnan(value.real) or math.isinf(value.real):
+        return None
+    return value.real
+
+
+
 # ---------------------------------------------------------------------------------------------- choices
 
 
 def normalize_choice_text(text):
     """Lower-cased text with punctuation removed and whitespace collapsed (used to compare choice texts)."""
-    text = str(text).lower()
-    text = re.sub(r"[^\w\s.]", " ", text)
+    text = normalize_minus(text).lower()
+    text = re.sub(r"[^\w\s.+\-]", " ", text)
+    text = re.sub(r"(?<![\w])[+\-](?![\d\w])|(?<=\w)-(?=\w)", " ", text)  # signs kept only before a term
     text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)
     return " ".join(text.split())
 
@@ -170,14 +235,19 @@ def extract_letter(response, num_choices):
         return letter_index(match.group(1))
     segment = answer_segment(text)
     if segment:
-        match = re.match(_LETTER, segment)
+        segment = re.sub(r"\\(?:text|mathrm|textbf|mathbf)\s*\{([^{}]*)\}", r"\1", segment).strip()
+        match = re.match(_LETTER, segment) or re.match(r"\(?([a-z])\)?(?=\s*(?:$|[.:,;)\n]))", segment)
         if match and letter_index(match.group(1) or match.group(2)) is not None:
             return letter_index(match.group(1) or match.group(2))
+    named = re.findall(r"(?i:\b(?:option|choice)\s+)\(?([A-Z])\)?(?![\w])|\(?\b([A-Z])\)?\s+is\s+(?:the\s+)?correct", text)
+    named = [a or b for a, b in named if (a or b) in valid]
+    if named:
+        return letter_index(named[-1])
     anchored = [a or b for a, b in re.findall(r"(?i:answer|option|choice)\s*(?:is|:)?\s*:?\s*" + _LETTER, text)]
     anchored = [a for a in anchored if a in valid]
     if anchored:
         return letter_index(anchored[-1])
-    match = re.match(r"\(?([A-Z])[).:](?:\s|$)", text)
+    match = re.match(r"\(?([A-Z])(?:[).](?:\s|$)|\s*[:：])", text)
     if match and letter_index(match.group(1)) is not None:
         return letter_index(match.group(1))
     parenthesised = {p for p in re.findall(r"\(([A-Z])\)", text) if p in valid}
@@ -204,7 +274,8 @@ def extract_choice(response, choices):
     for candidate in (normalized, normalize_choice_text(text)):
         if candidate in normalized_choices and normalized_choices.count(candidate) == 1:
             return normalized_choices.index(candidate)
-    padded = f" {normalize_choice_text(text)} "
+    # a choice text counts only where the answer is stated (or in the closing line), not in the explanation
+    padded = f" {normalize_choice_text(segment or text.strip().split(chr(10))[-1])} "
     found = [i for i, c in enumerate(normalized_choices) if c and f" {c} " in padded]
     # drop choices contained in a longer matched choice ("2" inside "2 cm", "red" inside "dark red")
     found = [i for i in found if not any(j != i and f" {normalized_choices[i]} " in f" {normalized_choices[j]} " for j in found)]
@@ -293,6 +364,9 @@ __all__ = [
     "extract_number",
     "extract_number_list",
     "find_numbers",
+    "is_symbolic",
+    "math_value",
+    "normalize_minus",
     "normalize_choice_text",
     "parse_number",
 ]

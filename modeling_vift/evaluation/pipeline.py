@@ -1,5 +1,5 @@
-"""One benchmark end to end: read the data, generate (sharded, resumable), merge, score with the repository's
-`evaluate` metrics, and write `scores.json`, `report.json` (every skipped / empty / unparsed / failed sample) and
+"""One benchmark end to end: read the data, generate (sharded, resumable), merge, score (`metrics.py`, under the
+`official` or `strict` protocol), and write `scores.json`, `report.json` (every skipped / empty / unparsed / failed sample) and
 `summary.md` into the output folder.
 """
 
@@ -12,6 +12,8 @@ from typing import Optional
 
 from ..remote_code.configuration_vift import check_fusion_weights
 from .benchmarks import canonical_benchmark, load_benchmark
+from .metrics import compute_demon_scores, compute_math_accuracy
+from .official import check_protocol
 from .runner import (
     GenerationSettings,
     layer_range_for_model,
@@ -21,9 +23,6 @@ from .runner import (
     with_fusion_defaults,
 )
 from .summary import format_summary
-
-
-METRIC_OF = {"mathvista": "math_accuracy", "mathverse": "math_accuracy", "mathvision": "math_accuracy", "demon": "demon_score"}
 
 
 def default_metrics_dir():
@@ -74,11 +73,15 @@ class BenchmarkRunConfig:
         "A run whose share of failed generations (prompt too long, unreadable image, ...) exceeds this exits non-zero."))
     overwrite: bool = field(default=False, metadata=_help("Discard earlier predictions in output_dir instead of resuming."))
     progress: bool = field(default=True, metadata=_help("Show progress bars."))
-    metrics_dir: Optional[str] = field(default=None, metadata=_help("Folder of the evaluate modules (default: the checkout's metrics/)."))
+    metrics_dir: Optional[str] = field(default=None, metadata=_help(
+        "Score through the evaluate modules in this folder (default: in the package)."))
+    protocol: str = field(default="official", metadata=_help(
+        "'official': the benchmark's own scorer, so numbers sit in published tables; 'strict': vift's careful scorer."))
 
     def __post_init__(self):
         if not 0.0 <= float(self.max_failed_share) <= 1.0:
             raise ValueError(f"max_failed_share is a share of the samples between 0 and 1, got {self.max_failed_share}.")
+        check_protocol(self.protocol)
         self.generation_settings()  # batch_size / max_new_tokens checked before anything loads
 
     def generation_settings(self, **fusion):
@@ -97,7 +100,10 @@ class EvalConfig(BenchmarkRunConfig):
     fusion_layers: Optional[str] = field(default=None, metadata=_help(
         "Steered layers start:end, 'all' or 'upper_half' (default: the model's, e.g. as written by sweep_fusion)."))
     extractor: str = field(default="rules", metadata=_help("'rules' (default) or 'llm_judge' (needs judge_model)."))
-    judge_model: Optional[str] = field(default=None, metadata=_help("Text-generation model used by the llm_judge extractor."))
+    judge_model: Optional[str] = field(default=None, metadata=_help(
+        "Text-generation model used by the llm_judge extractor, or the official MathVista extractor (protocol official)."))
+    judge_endpoint: Optional[str] = field(default=None, metadata=_help(
+        "OpenAI-compatible base URL: judge_model is then a model name served there."))
 
     def __post_init__(self):
         super().__post_init__()
@@ -139,19 +145,26 @@ def load_model_and_processor(model_name_or_path, dtype=None, device=None, trust_
     return model, processor
 
 
-def score_records(benchmark, records, metrics_dir=None, extractor=None):
-    """Scores merged prediction records with the benchmark's metric; returns the metric's result plus the lists of
-    failed generations. `extractor` (optional, e.g. an `LLMJudgeExtractor`) rewrites math responses first."""
+def score_records(benchmark, records, metrics_dir=None, extractor=None, protocol="official"):
+    """Scores merged prediction records under `protocol` (`official` or `strict`); returns the metric's result plus
+    the lists of failed generations. Scoring runs in the package; `metrics_dir` (optional) scores through the
+    `evaluate` modules found there instead. `extractor` (optional: a `MathVistaLLMExtractor` for the official
+    MathVista extraction, an `LLMJudgeExtractor`) rewrites math responses first."""
     benchmark = canonical_benchmark(benchmark)
+    check_protocol(protocol)
     errors = [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")]
     if benchmark == "open_ended":
         return {"num_answers": len(records), "errors": errors}
     predictions = [r.get("prediction") or "" for r in records]
     fields = [r["sample"] for r in records]
     ids = [r["id"] for r in records]
-    metric = load_metric(METRIC_OF[benchmark], metrics_dir)
+    if metrics_dir:
+        compute_demon, compute_math = load_metric("demon_score", metrics_dir).compute, load_metric("math_accuracy", metrics_dir).compute
+    else:
+        compute_demon, compute_math = compute_demon_scores, compute_math_accuracy
     if benchmark == "demon":
-        result = metric.compute(
+        result = compute_demon(
+            protocol=protocol,
             predictions=predictions, references=[f["reference"] for f in fields], ids=ids,
             question_types=[f["question_type"] for f in fields], choices=[f["choices"] for f in fields],
             tasks=[f["group"] for f in fields], categories=[f["category"] for f in fields],
@@ -160,12 +173,13 @@ def score_records(benchmark, records, metrics_dir=None, extractor=None):
         extracted = None
         if extractor is not None:
             extracted = [
-                extractor(p, {"question": f["extra"].get("question"), "question_type": f["question_type"],
+                extractor(p, {"question": f["extra"].get("question"), "query": f["extra"].get("query"), "question_type": f["question_type"],
                               "answer_type": f["answer_type"], "choices": f["choices"], "precision": f["precision"],
                               "unit": f["extra"].get("unit")}) if p else None
                 for p, f in zip(predictions, fields)
             ]
-        result = metric.compute(
+        result = compute_math(
+            benchmark=benchmark, protocol=protocol, questions=[f["extra"].get("question") for f in fields],
             predictions=predictions, references=[f["reference"] for f in fields], ids=ids,
             question_types=[f["question_type"] for f in fields], answer_types=[f["answer_type"] for f in fields],
             choices=[f["choices"] for f in fields], precisions=[f["precision"] for f in fields],
@@ -255,7 +269,7 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
             loaded = load_benchmark(
                 benchmark, config.data_path, split=config.split, config=config.data_config, image_root=config.image_root,
                 prompt_style=config.prompt_style, query_field=config.query_field, max_samples=config.max_samples,
-                exclude_ids=exclude,
+                exclude_ids=exclude, protocol=config.protocol,
             )
     if not loaded.samples:  # refused before a model is loaded
         empty = build_report(loaded, [], {}, [])
@@ -278,14 +292,15 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
     if not state.is_main_process:
         return None
     records, missing = merge_predictions(config.output_dir, loaded.samples)
-    scores = score_records(benchmark, records, config.metrics_dir, extractor=extractor)
+    scores = score_records(benchmark, records, config.metrics_dir, extractor=extractor, protocol=config.protocol)
     if benchmark == "open_ended":
         write_llava_answers(os.path.join(config.output_dir, "answers.jsonl"), records, os.path.basename(str(config.model_name_or_path).rstrip("/")) or "model")
     report = build_report(loaded, records, scores, missing)
     stats.update(num_records=len(loaded.samples) + len(loaded.skipped), num_samples=len(loaded.samples),
                  num_skipped=len(loaded.skipped), num_processes=state.num_processes)
     summary = format_summary(benchmark, scores, report, stats)
-    write_json(os.path.join(config.output_dir, "scores.json"), {"benchmark": benchmark, "scores": scores, "stats": stats})
+    write_json(os.path.join(config.output_dir, "scores.json"),
+               {"benchmark": benchmark, "protocol": config.protocol, "scores": scores, "stats": stats})
     write_json(os.path.join(config.output_dir, "report.json"), report)
     with open(os.path.join(config.output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(summary + "\n")

@@ -22,6 +22,8 @@ from .extraction import (
     extract_number,
     extract_number_list,
     find_numbers,
+    is_symbolic,
+    math_value,
     normalize_choice_text,
     parse_number,
 )
@@ -241,6 +243,12 @@ def score_math(prediction, answer, question_type, answer_type=None, choices=None
         correct = len(values) == len(reference) and all(abs(a - b) < 1e-9 for a, b in zip(values, reference))
         return SampleScore(float(correct), "ok", values)
     if answer_type in ("integer", "float", "number"):
+        segment = answer_segment(source) or source.strip().split("\n")[-1]
+        if answer_type == "number" and (is_symbolic(answer) or is_symbolic(segment)):
+            # `6\sqrt{6}` is a value, not the number 6: both sides evaluated (sympy) and compared
+            symbolic = _symbolic_match(segment, answer)
+            if symbolic is not None:
+                return symbolic
         if answer_type == "number" and parse_number(answer) is None:
             answer_type = "text"
         else:
@@ -256,6 +264,27 @@ def score_math(prediction, answer, question_type, answer_type=None, choices=None
         if _normalize_math_text(candidate) == target or normalize_choice_text(candidate) == normalize_choice_text(answer):
             return SampleScore(1.0, "ok", candidate)
     return SampleScore(0.0, "ok", candidates[0].strip())
+
+
+def _symbolic_match(segment, answer):
+    """Compares a symbolic prediction or answer by value: equal to 1e-6 (relative), or a decimal prediction equal to the
+    answer's value rounded to the prediction's decimals (at least 2). `None` when the answer has no value."""
+    target = math_value(_normalize_math_text(answer).replace("\\dfrac", "\\frac"))
+    if target is None:
+        return None
+    spans = re.findall(r"\$([^$]+)\$", segment)  # the last inline formula, else the text after the last " is "
+    cleaned = spans[-1] if spans else re.split(r"\bis\b", segment)[-1]
+    cleaned = re.sub(r"\\(?:text|mathrm)\s*\{[^{}]*\}", "", cleaned).replace("$", "").strip().rstrip(".")
+    cleaned = cleaned.split("=")[-1].split("\\approx")[-1].strip()
+    value = math_value(cleaned) if is_symbolic(cleaned) else None
+    if value is None:
+        numbers = find_numbers(cleaned) if not is_symbolic(cleaned) else []
+        if not numbers:
+            return SampleScore(0.0, "unparsed")
+        value = numbers[-1]
+        digits = _decimals(re.findall(r"-?\d+\.\d+", cleaned)[-1]) if re.search(r"\d\.\d", cleaned) else 0
+        return SampleScore(float(digits >= 2 and round(target, digits) == round(value, digits)), "ok", value)
+    return SampleScore(float(abs(value - target) <= 1e-6 * max(1.0, abs(target))), "ok", cleaned)
 
 
 def _letter_only(text):
