@@ -148,7 +148,9 @@ class ChatPrompt(str):
         return prompt
 
     def __reduce__(self):
-        return (ChatPrompt, (str(self), self.text_only))
+        # Pickled as a plain string: this class may live in a remote-code module that the unpickling process cannot
+        # import (transformers_modules.*). A pickled prompt loses `text_only` (strip_images then uses the plain rule).
+        return (str, (str(self),))
 
 
 class ViFTProcessor(ProcessorMixin):
