@@ -186,3 +186,27 @@ def test_per_modality_kwargs_and_decoding_come_from_processor_mixin(tiny):
     torch.testing.assert_close(nested["input_ids"], flat["input_ids"], rtol=0, atol=0)
     assert processor.decode(flat["input_ids"][1], skip_special_tokens=True).endswith("two words here")
     assert set(processor.model_input_names) == {"input_ids", "attention_mask", "pixel_values"}
+
+
+def test_text_only_prompt_keeps_newlines_that_are_real_text(tiny):
+    """Only what an image placeholder added is removed: an image item's newline goes, a newline the caller wrote
+    after an inline `<image>` (DEMON contexts) stays."""
+    _, processor = tiny
+    demon = [{"role": "user", "content": "Step#1: shapes 0.<image>\nStep#2: shapes 1."}]
+    prompt = processor.apply_chat_template(demon, add_generation_prompt=True)
+    out = processor(images=random_images(1), text=prompt, return_text_only=True)
+    expected = processor.apply_chat_template(
+        [{"role": "user", "content": "Step#1: shapes 0.\nStep#2: shapes 1."}], add_generation_prompt=True
+    )
+    assert "shapes 0.\nStep#2" in processor.strip_images(prompt)
+    assert out["text_input_ids"][0] == processor.tokenizer(expected, add_special_tokens=False)["input_ids"]
+    items = [{"role": "user", "content": [{"type": "text", "text": "Step#1:\n"}, {"type": "image"},
+                                          {"type": "text", "text": "Step#2:"}]}]
+    assert "Step#1:\nStep#2:" in processor.strip_images(processor.apply_chat_template(items))
+    batched = processor.apply_chat_template([demon, items], add_generation_prompt=True)
+    assert [processor.strip_images(p) for p in batched] == [expected, processor.apply_chat_template(
+        [{"role": "user", "content": "Step#1:\nStep#2:"}], add_generation_prompt=True)]
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(prompt))  # a plain str: unpicklable without the (remote-code) processor module
+    assert type(restored) is str and restored == prompt

@@ -193,3 +193,20 @@ torch.save(model(**inputs).logits, {str(tmp_path / 'logits.pt')!r})
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=1e-6, rtol=0)
     assert os.path.getsize(folder / "vpgc_vift.py") > 0
+
+
+@pytest.mark.parametrize("fusion", [None, "right", "token"])
+def test_vpgc_generation_with_and_without_cache_is_the_same(fusion):
+    """Without a cache every step recomputes the prompt and re-runs VPG-C; its guidance stays at the prompt's last
+    token (not the newest generated one), so the greedy tokens and logits equal the cached run's."""
+    model, processor = tiny_vift(seed=7)
+    trained = _with_vpgc(model)
+    inputs = _batch(processor, [2, 1, 0])
+    settings = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    if fusion:
+        settings.update(fusion=True, fusion_alignment=fusion, fusion_alpha=0.8, fusion_beta=0.5, fusion_layers=(1, 4))
+    cached = trained.generate(**inputs, use_cache=True, **settings)
+    uncached = trained.generate(**inputs, use_cache=False, **settings)
+    assert uncached.sequences.tolist() == cached.sequences.tolist()
+    for step, (a, b) in enumerate(zip(uncached.logits, cached.logits)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=f"step {step}")

@@ -112,6 +112,10 @@ class ViFTConfig(PretrainedConfig):
         fusion_layers (`list[int]` of length 2, *optional*):
             Half-open range `[start, end)` of decoder layers whose inputs are steered during fused generation.
             Defaults to the upper half of the language model's layers.
+        fusion_alignment (`str`, *optional*, defaults to `"right"`):
+            How the text-only prompt's positions are paired with the multimodal prompt's in fused generation:
+            `"right"` (the authors' algorithm: the last n positions, right-aligned) or `"token"` (each text-only
+            token steers the position of the same text token in the multimodal prompt; image tokens are left alone).
     """
 
     model_type = "vift"
@@ -130,6 +134,7 @@ class ViFTConfig(PretrainedConfig):
         fusion_alpha=0.5,
         fusion_beta=0.5,
         fusion_layers=None,
+        fusion_alignment="right",
         image_seq_length=None,
         vpgc_layer=None,
         vpgc_hidden_size=None,
@@ -146,6 +151,7 @@ class ViFTConfig(PretrainedConfig):
         self.multimodal_projector_bias = multimodal_projector_bias
         self.fusion_alpha = float(fusion_alpha)
         self.fusion_beta = float(fusion_beta)
+        self.fusion_alignment = check_fusion_alignment(fusion_alignment) or "right"
 
         if vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
@@ -254,17 +260,37 @@ def check_fusion_layers(fusion_layers, num_layers=None):
     return start, end
 
 
-def fusion_setting(fusion_alpha, fusion_beta, fusion_layers, num_layers):
+# How fused generation pairs the text-only prompt's positions with the multimodal prompt's (see fusion_vift.py).
+FUSION_ALIGNMENTS = ("right", "token")
+
+
+def check_fusion_alignment(fusion_alignment):
+    """Validates a fusion alignment name (`"right"`, `"token"`, or None for "the default") and returns it."""
+    if fusion_alignment is None or fusion_alignment in FUSION_ALIGNMENTS:
+        return fusion_alignment
+    raise ValueError(
+        f"fusion_alignment must be one of {list(FUSION_ALIGNMENTS)}, got {fusion_alignment!r}: 'right' is the authors' "
+        f"right alignment of the whole text-only prompt, 'token' pairs each text token with its own copy."
+    )
+
+
+def fusion_setting(fusion_alpha, fusion_beta, fusion_layers, num_layers, fusion_alignment=None):
     """The fusion defaults as stored in `config.json` and `generation_config.json` (the keys fused `generate` reads),
-    validated: the one way every writer of fusion defaults spells them."""
+    validated: the one way every writer of fusion defaults spells them. `fusion_alignment` is written only when
+    given (None leaves the stored alignment as it is)."""
     alpha, beta = check_fusion_weights(fusion_alpha, fusion_beta)
-    return {"fusion_alpha": alpha, "fusion_beta": beta, "fusion_layers": list(check_fusion_layers(fusion_layers, num_layers))}
+    setting = {"fusion_alpha": alpha, "fusion_beta": beta, "fusion_layers": list(check_fusion_layers(fusion_layers, num_layers))}
+    if fusion_alignment is not None:
+        setting["fusion_alignment"] = check_fusion_alignment(fusion_alignment)
+    return setting
 
 
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
+    "FUSION_ALIGNMENTS",
     "ViFTConfig",
     "add_image_token",
+    "check_fusion_alignment",
     "check_fusion_layers",
     "check_fusion_weights",
     "check_transformers_version",

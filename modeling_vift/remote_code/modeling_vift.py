@@ -283,6 +283,7 @@ class ViFTModel(ViFTPreTrainedModel):
         image_features=None,
         image_patch_features=None,
         instruction_labels=None,
+        vpgc_prompt_length=None,
         cache=None,
         **kwargs,
     ):
@@ -292,6 +293,9 @@ class ViFTModel(ViFTPreTrainedModel):
             (VPG-C re-attends them; needed with `image_features` when `config.vpgc_layer` is set).
         instruction_labels (`torch.LongTensor`, *optional*): the training labels, from which VPG-C finds each
             sample's last instruction token (the token before its first answer token).
+        vpgc_prompt_length (`int`, *optional*): set by `generate`: the columns of the (left-padded) prompt. VPG-C's
+            guidance then comes from the prompt's last token also in forwards that recompute generated tokens
+            (`use_cache=False`), as in the cached prefill.
 
         Image tokens in a prompt without `pixel_values` (or `image_features`) are refused with a ValueError: the
         model would otherwise read the placeholder's embedding as if it were the image. The check applies to the
@@ -325,7 +329,7 @@ class ViFTModel(ViFTPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
             if self.vpgc is not None:
                 self._vpgc_step = self._prepare_vpgc_step(
-                    mask, image_patch_features, position_ids, attention_mask, instruction_labels
+                    mask, image_patch_features, position_ids, attention_mask, instruction_labels, vpgc_prompt_length
                 )
         elif input_ids is not None and self.config.image_token_id is not None and is_prompt:
             image_tokens = input_ids == self.config.image_token_id
@@ -359,7 +363,7 @@ class ViFTModel(ViFTPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _prepare_vpgc_step(self, image_mask, patch_features, position_ids, attention_mask, labels):
+    def _prepare_vpgc_step(self, image_mask, patch_features, position_ids, attention_mask, labels, prompt_length=None):
         if patch_features is None:
             raise ValueError(
                 "VPG-C (config.vpgc_layer) re-attends the vision tower's patch features: pass pixel_values, or "
@@ -369,6 +373,11 @@ class ViFTModel(ViFTPreTrainedModel):
         # A 2D padding mask tells real tokens apart; a 4D or per-layer-type mask (static caches) is left-padded input
         # from `generate`, whose last column is real.
         padding_mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
+        if prompt_length is not None and image_mask.shape[1] > prompt_length:
+            # A forward over the prompt and generated tokens (generation without a cache): the guidance stays at the
+            # prompt's last token, where the cached prefill takes it, instead of moving to the newest token.
+            padding_mask = (torch.ones_like(image_mask) if padding_mask is None else padding_mask.bool()).clone()
+            padding_mask[:, prompt_length:] = False
         columns = instruction_columns(image_mask, segments, labels, padding_mask)
         return {"image_mask": image_mask, "patch_features": patch_features, "instruction_cols": columns}
 
@@ -555,9 +564,11 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(
         self, *args, pixel_values=None, image_features=None, image_patch_features=None, is_first_iteration=False,
-        **kwargs,
+        vpgc_prompt_length=None, **kwargs,
     ):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if vpgc_prompt_length is not None:
+            model_inputs["vpgc_prompt_length"] = vpgc_prompt_length
         # Images enter every forward that still sees the prompt's image tokens uncached: the prefill, every forward
         # without a cache, and the first forward of an assistant model (which `generate` runs with
         # is_first_iteration=False). Later forwards read the images from the KV cache.
@@ -582,6 +593,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         fusion_alpha=None,
         fusion_beta=None,
         fusion_layers=None,
+        fusion_alignment=None,
         text_input_ids=None,
         text_attention_mask=None,
         **kwargs,
@@ -595,6 +607,9 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             of each decoder layer l in [start, end), during prefill only, the last n positions of the multimodal
             prompt get `+ alpha * H_l(q) - beta * H_l(v,q)` (n = length of the text-only prompt q). Defaults come
             from the generation config, else the model config.
+        fusion_alignment (`str`, *optional*): `"right"` (the authors' algorithm above, the default) or `"token"`:
+            each token of q steers the position of the same text token in the multimodal prompt (image tokens are
+            left alone), for prompts with images between pieces of text. Defaults as for the weights.
         text_input_ids, text_attention_mask (`torch.LongTensor`, *optional*): the text-only prompts q (the processor
             returns them with `return_text_only=True`: the same chat template with the images removed). Without
             them, q is derived by dropping the image tokens from `input_ids`. Ignored when fusion is off.
@@ -604,6 +619,8 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         if inputs is not None:
             kwargs["input_ids"] = inputs
         self._check_generation_length(kwargs)
+        if self.model.vpgc is not None and kwargs.get("input_ids") is not None:
+            kwargs["vpgc_prompt_length"] = kwargs["input_ids"].shape[1]
         if not fusion:
             return super().generate(**kwargs)
         return fused_generate(
@@ -614,6 +631,7 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             fusion_alpha=fusion_alpha,
             fusion_beta=fusion_beta,
             fusion_layers=fusion_layers,
+            fusion_alignment=fusion_alignment,
             **kwargs,
         )
 
@@ -636,9 +654,11 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
                 f"or fewer."
             )
 
-    def explain_fusion(self, input_ids, attention_mask=None, text_input_ids=None, text_attention_mask=None, tokenizer=None):
+    def explain_fusion(self, input_ids, attention_mask=None, text_input_ids=None, text_attention_mask=None, tokenizer=None,
+                       fusion_alignment="right"):
         """For each prompt, the multimodal positions that fused generation steers and the text-only tokens they are
-        aligned with (see `fusion_vift.explain_fusion`). Without `text_input_ids`, q is derived as `generate` does."""
+        aligned with (see `fusion_vift.explain_fusion`), for `fusion_alignment` ("right" or "token"; None gives
+        both: `{"right": rows, "token": rows}`). Without `text_input_ids`, q is derived as `generate` does."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if text_input_ids is None:
@@ -647,7 +667,8 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
                 input_ids, attention_mask, self.config.image_token_id, 0 if pad is None else int(pad)
             )
         return explain_fusion(
-            input_ids, attention_mask, text_input_ids, text_attention_mask, tokenizer, self.config.image_token_id
+            input_ids, attention_mask, text_input_ids, text_attention_mask, tokenizer, self.config.image_token_id,
+            fusion_alignment,
         )
 
 

@@ -141,6 +141,23 @@ def check_messages(messages):
 RGB_CONVERSIONS = ("composite_white", "pil", "image_processor")
 
 
+class ChatPrompt(str):
+    """A prompt rendered by `ViFTProcessor.apply_chat_template`: an ordinary string that also carries `text_only`,
+    the same conversation rendered without its images. Only the renderer knows which newlines an image item added
+    (`{"type": "image"}` renders as the placeholder plus a newline) and which are the caller's text (a placeholder
+    written inside a string, as DEMON contexts are), so the text-only prompt is rendered, not derived from the text."""
+
+    def __new__(cls, text, text_only):
+        prompt = super().__new__(cls, text)
+        prompt.text_only = str(text_only)
+        return prompt
+
+    def __reduce__(self):
+        # Pickled as a plain string: this class may live in a remote-code module that the unpickling process cannot
+        # import (transformers_modules.*). A pickled prompt loses `text_only` (strip_images then uses the plain rule).
+        return (str, (str(self),))
+
+
 class ViFTProcessorKwargs(ProcessingKwargs, total=False):
     # `_defaults` rather than the processor's class attributes: transformers 5.17 reads only `_defaults`.
     # Pixel values are tensors even when the caller asks for lists (the model takes nothing else).
@@ -290,8 +307,32 @@ class ViFTProcessor(ProcessorMixin):
         return self.image_token * self.image_seq_length
 
     def strip_images(self, text):
-        """The text-only prompt: the same text with each placeholder (and the newline after it) removed."""
+        """The text-only prompt: the same text without its images. A prompt rendered by `apply_chat_template` carries
+        its exact text-only rendering (each image item dropped with the newline it added; a placeholder written in
+        the text dropped alone, its neighbours kept). A plain string cannot tell which newline a placeholder added:
+        each placeholder is dropped with one newline right after it, the `<image>\n` layout of LLaVA-style data."""
+        text_only = getattr(text, "text_only", None)
+        if text_only is not None:
+            return text_only
         return re.sub(re.escape(self.image_token) + r"\n?", "", text)
+
+    def _without_images(self, conversation):
+        """The conversation with its images removed: image items dropped, placeholders in text dropped alone."""
+        def strip(text):
+            return text.replace(self.image_token, "")
+
+        messages = []
+        for message in conversation:
+            content = message["content"]
+            if isinstance(content, str):
+                content = strip(content)
+            elif content is not None:
+                content = [
+                    {**item, "text": strip(item["text"])} if item["type"] == "text" else item
+                    for item in content if item["type"] != "image"
+                ]
+            messages.append({**message, "content": content})
+        return messages
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Refuses a call without text, and placeholder and image counts that differ (naming both)."""
@@ -336,20 +377,23 @@ class ViFTProcessor(ProcessorMixin):
 
     def apply_chat_template(self, conversation, chat_template=None, tokenize=False, add_generation_prompt=False, **kwargs):
         """Renders chat messages (string contents, or lists of `{"type": "text"}` / `{"type": "image"}` items)
-        with the processor's template. With `tokenize=True` the images are taken from the image items
+        with the processor's template, as `ChatPrompt` strings that also carry their text-only rendering. With
+        `tokenize=True` the images are taken from the image items
         (`{"type": "image", "image": PIL.Image}`) or from `images=` and the result is processed like `__call__`."""
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
         for c in conversations:
             check_messages(c)
         template = chat_template or self.chat_template
-        rendered = [
-            self.tokenizer.apply_chat_template(
-                list(c), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
-                **{k: v for k, v in kwargs.items() if k in ("tools", "documents", "continue_final_message")},
+        template_kwargs = {k: v for k, v in kwargs.items() if k in ("tools", "documents", "continue_final_message")}
+
+        def render(messages):
+            return self.tokenizer.apply_chat_template(
+                list(messages), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+                **template_kwargs,
             )
-            for c in conversations
-        ]
+
+        rendered = [ChatPrompt(render(c), render(self._without_images(c))) for c in conversations]
         if not tokenize:
             return rendered if batched else rendered[0]
         images = kwargs.pop("images", None)
@@ -377,4 +421,4 @@ class ViFTProcessor(ProcessorMixin):
         return self(images=images or None, text=rendered, **call_kwargs)
 
 
-__all__ = ["ViFTProcessor"]
+__all__ = ["ChatPrompt", "ViFTProcessor"]
