@@ -156,3 +156,17 @@ def test_pixel_values_of_the_wrong_size(tiny, shape):
     model, _ = tiny
     with pytest.raises(ValueError, match=rf"images of shape \({shape[1]}, {shape[2]}, {shape[3]}\) but the vision tower takes \(3, 32, 32\)"):
         model.get_image_features(torch.zeros(shape))
+
+
+def test_a_mistyped_local_model_path_is_named_not_sent_to_the_hub(tmp_path):
+    from modeling_vift.evaluation.pipeline import load_model_and_processor
+    from modeling_vift.publishing.upload import check_model_location
+
+    for name in (str(tmp_path / "stage2" / "checkpoint-10"), "outputs/stage2/checkpoint-10", "./vift-7b"):
+        with pytest.raises(FileNotFoundError, match="does not exist on this machine"):
+            load_model_and_processor(name)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        check_model_location(str(tmp_path / "config.json"))
+    check_model_location(str(tmp_path))  # an existing folder
+    check_model_location("Qwen/Qwen2.5-7B-Instruct")  # a Hub id is left to from_pretrained

@@ -161,6 +161,26 @@ def test_chat_template_tokenize_takes_images_from_the_messages(tiny):
     torch.testing.assert_close(out["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
 
 
+def test_chat_image_items_with_a_path_load_it_and_unreachable_sources_are_refused(tiny, tmp_path):
+    _, processor = tiny
+    images = random_images(2)
+    images[1].save(tmp_path / "second.png")
+    by_object = [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "image", "image": images[1]},
+                                              {"type": "text", "text": "compare"}]}]
+    by_path = [{"role": "user", "content": [{"type": "image", "image": images[0]},
+                                            {"type": "image", "path": str(tmp_path / "second.png")},
+                                            {"type": "text", "text": "compare"}]}]
+    expected = processor.apply_chat_template(by_object, add_generation_prompt=True, tokenize=True, return_tensors="pt")
+    out = processor.apply_chat_template(by_path, add_generation_prompt=True, tokenize=True, return_tensors="pt")
+    torch.testing.assert_close(out["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
+    torch.testing.assert_close(out["input_ids"], expected["input_ids"], rtol=0, atol=0)
+    for item in ({"type": "image", "path": str(tmp_path / "missing.png")},
+                 {"type": "image", "url": "http://127.0.0.1:9/image.png"}):
+        messages = [{"role": "user", "content": [item, {"type": "text", "text": "what is it?"}]}]
+        with pytest.raises(ValueError, match="Could not load the chat image"):
+            processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+
+
 def test_processor_save_and_load_round_trip(tmp_path):
     tokenizer = tiny_tokenizer(chat_template=CHATML_TEMPLATE)
     processor = ViFTProcessor(image_processor=tiny_image_processor("clip"), tokenizer=tokenizer, image_seq_length=17,

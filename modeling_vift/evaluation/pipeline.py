@@ -133,6 +133,9 @@ def load_model_and_processor(model_name_or_path, dtype=None, device=None, trust_
     """Loads a ViFT checkpoint the way users do (`trust_remote_code`), in eval mode."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from ..publishing.upload import check_model_location
+
+    check_model_location(model_name_or_path)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype not in (None, "auto"):
         import torch

@@ -50,6 +50,26 @@ class PlannedFile:
     content: bytes | None = None
 
 
+def check_model_location(name, what="model"):
+    """Refuses, with the reason, a model name that is neither an existing local folder nor a Hub id. A mistyped local
+    path would otherwise reach the Hub client and fail with its "Repo id must be in the form ..." message, which says
+    nothing about the path. Paths that look local (absolute, `./`, `../`, `~`, more than one `/`, or under a folder
+    that exists here) and do not exist are refused; anything else is left to `from_pretrained` as a Hub id."""
+    if name is None or os.path.isdir(os.path.expanduser(name)):
+        return
+    if os.path.isfile(name):
+        raise FileNotFoundError(f"The {what} {name!r} is a file: give the folder that holds its config.json.")
+    parent = os.path.dirname(name)
+    looks_local = (
+        name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name or (parent and os.path.isdir(parent))
+    )
+    if looks_local:
+        raise FileNotFoundError(
+            f"The {what} folder {name!r} does not exist on this machine (a Hub id has the form 'org/name'): check the "
+            f"path."
+        )
+
+
 def format_size(num_bytes):
     value = float(num_bytes)
     for unit in ("B", "KB", "MB", "GB", "TB"):

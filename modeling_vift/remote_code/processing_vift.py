@@ -134,8 +134,26 @@ def check_messages(messages):
                 continue
             raise ValueError(
                 f"Message {i}, content item {j} is {item!r:.200}: ViFT takes {{'type': 'image'}} (optionally with an "
-                f"'image': PIL.Image) and {{'type': 'text', 'text': str}} items. Convert other media to images or text."
+                f"'image' (a PIL image), 'path' or 'url') and {{'type': 'text', 'text': str}} items. Convert other "
+                f"media to images or text."
             )
+
+
+def load_chat_image(item):
+    """The image of a `{"type": "image"}` chat item: its `image` (a PIL image, or a path or URL string), `path` or
+    `url`, read as transformers' processors read them; None when the item names no image."""
+    source = next((item[key] for key in ("image", "path", "url") if item.get(key) is not None), None)
+    if not isinstance(source, str):
+        return source
+    from transformers.image_utils import load_image
+
+    try:
+        return load_image(source)
+    except Exception as error:  # a missing file, an unreachable URL, an unreadable image: say which
+        raise ValueError(
+            f"Could not load the chat image {source!r} ({type(error).__name__}: {str(error)[:200]}): give an existing "
+            f"local file, a URL reachable from this machine, or a PIL image under 'image'."
+        ) from error
 
 
 RGB_CONVERSIONS = ("composite_white", "pil", "image_processor")
@@ -378,7 +396,8 @@ class ViFTProcessor(ProcessorMixin):
     def apply_chat_template(self, conversation, chat_template=None, tokenize=False, add_generation_prompt=False, **kwargs):
         """Renders chat messages (string contents, or lists of `{"type": "text"}` / `{"type": "image"}` items)
         with the processor's template, as `ChatPrompt` strings that also carry their text-only rendering. With
-        `tokenize=True` the images are taken from the image items
+        `tokenize=True` the images are taken from the image items (`image`, `path` or `url`, as transformers'
+        processors read them)
         (`{"type": "image", "image": PIL.Image}`) or from `images=` and the result is processed like `__call__`."""
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
@@ -399,12 +418,12 @@ class ViFTProcessor(ProcessorMixin):
         images = kwargs.pop("images", None)
         if images is None:
             images = [
-                item["image"]
+                load_chat_image(item)
                 for c in conversations
                 for m in c
                 if not isinstance(m["content"], str)
                 for item in m["content"]
-                if item.get("type") == "image" and item.get("image") is not None
+                if item.get("type") == "image" and any(item.get(key) is not None for key in ("image", "path", "url"))
             ]
         if kwargs.pop("return_assistant_tokens_mask", False):
             raise ValueError(

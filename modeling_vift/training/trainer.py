@@ -136,6 +136,9 @@ def load_stage_model_and_processor(script_args, model_args, stage):
             pad_to_square=pad_to_square,
         )
     else:
+        from ..publishing.upload import check_model_location
+
+        check_model_location(model_args.model_name_or_path)
         kwargs = {"revision": model_args.model_revision}
         if dtype is not None:
             kwargs["dtype"] = dtype
