@@ -281,6 +281,6 @@ def test_compare_on_a_bunny_source_is_refused_before_converting(tmp_path, capsys
     from hub.convert_llava import main
 
     source, _ = save_tiny_bunny(str(tmp_path / "bunny"))
-    assert main([source, str(tmp_path / "vift"), "--compare"]) == 2
+    assert main(["--source", source, "--output", str(tmp_path / "vift"), "--compare"]) == 2
     assert "--compare needs the source's transformers model class" in capsys.readouterr().err
     assert not (tmp_path / "vift").exists()  # refused before anything was written
