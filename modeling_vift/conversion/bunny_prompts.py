@@ -39,7 +39,7 @@ CONVERSATION_MODES = {
 # Bunny model_type -> (transformers model type of its language model or None when its weights cannot be converted,
 # the conversation mode its authors evaluate it with). `bunny-qwen` is the name Bunny's Qwen class registered before
 # it became `bunny-qwen2`; upstream Bunny's Qwen1.5 models use the `bunny` mode, the ViFT authors' Qwen2.5 models
-# `qwen2` (pass --conv-mode bunny for an upstream Bunny-v1.0-2B-zh style checkpoint).
+# `qwen2` (pass --conv_mode bunny for an upstream Bunny-v1.0-2B-zh style checkpoint).
 BUNNY_MODEL_TYPES = {
     "bunny-qwen2": ("qwen2", "qwen2"),
     "bunny-qwen": ("qwen2", "bunny"),

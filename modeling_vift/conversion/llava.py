@@ -307,7 +307,7 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
             f"(Bunny's other language models use their own modeling code, whose weights do not map onto transformers classes)."
         )
     if chat_template is not None and conv_mode is not None:
-        raise ConversionError("Pass --chat-template or --conv-mode, not both.")
+        raise ConversionError("Pass --chat_template or --conv_mode, not both.")
     projector_type = bunny.get("mm_projector_type", "mlp2x_gelu")
     match = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
     if projector_type == "linear":
@@ -398,7 +398,7 @@ def plan_bunny(source, vision_tower=None, language_model=None, chat_template=Non
             chat_template = build_chat_template(bunny_chat_template(conv_mode))
         except ValueError as e:
             raise ConversionError(str(e)) from None
-        notes.append(f"Prompts use Bunny's {conv_mode!r} conversation mode (--conv-mode to choose another).")
+        notes.append(f"Prompts use Bunny's {conv_mode!r} conversation mode (--conv_mode to choose another).")
     config = ViFTConfig(
         vision_config=vision_config.to_dict(),
         text_config=text_config,

@@ -415,7 +415,7 @@ def upload_failure_message(err, repo_id):
     if status in (401, 403):
         hint = "log in with `hf auth login` or pass --token with a token that has write access to this namespace"
     elif status == 404:
-        hint = "check the namespace of --repo-id (your user name or an organisation you belong to)"
+        hint = "check the namespace of --repo_id (your user name or an organisation you belong to)"
     else:
         hint = "check the network connection (HF_HUB_OFFLINE must not be set) and run the command again"
     return (f"The upload to {repo_id} failed ({type(err).__name__}{f', HTTP {status}' if status else ''}: {text}). "
