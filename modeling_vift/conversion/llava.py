@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..publishing.upload import read_json
 from ..remote_code.configuration_vift import (
     ViFTConfig,
     add_image_token,
@@ -72,13 +73,7 @@ _RECOMPUTED_BUFFERS = re.compile(r"(rotary_emb\.inv_freq|embeddings\.position_id
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConversionError(f"{path} is missing.") from None
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path} is not valid JSON ({e}).") from None
+    return read_json(path, os.path.basename(path), error=ConversionError)
 
 
 def weight_files(folder, what="checkpoint"):

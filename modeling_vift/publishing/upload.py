@@ -149,15 +149,16 @@ def upload_to_hub(api, folder, files, repo_id, repo_type, private=False, revisio
     )
 
 
-def read_json(path, what):
-    """The JSON file at `path`; raises `PublishError` naming `what` when it is missing or not valid JSON."""
+def read_json(path, what, error=PublishError):
+    """The JSON file at `path`; raises `error` (publishing: `PublishError`, conversion: `ConversionError`) naming `what`
+    when it is missing or not valid JSON."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise PublishError(f"{what} is missing: {path}.") from None
+        raise error(f"{what} is missing: {path}.") from None
     except json.JSONDecodeError as e:
-        raise PublishError(f"{what} is not valid JSON ({path}: {e}).") from None
+        raise error(f"{what} is not valid JSON ({path}: {e}).") from None
 
 
 
