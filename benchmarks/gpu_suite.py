@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers.utils import is_flash_attn_2_available
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -177,7 +178,7 @@ def training_part(args, device, dtype, peak_tflops):
     text, vision = (TINY_TEXT, TINY_VISION) if args.tiny else (QWEN25_1_5B, SIGLIP_SO400M)
     max_length = 256 if args.tiny else args.max_length
     model = build(text, vision, device, dtype, max_positions=max(max_length, 8192)).train()
-    packed_attention = "flash_attention_2" if device.type == "cuda" and _has_flash_attn() else PACKED_SDPA
+    packed_attention = "flash_attention_2" if device.type == "cuda" and is_flash_attn_2_available() else PACKED_SDPA
     rng = np.random.default_rng(args.seed)
     lengths, images, samples = training_samples(args, model.config, rng, args.samples)
     bins = pack_bfd(lengths, max_length, images, max_images_per_row=8)
@@ -215,14 +216,6 @@ def training_part(args, device, dtype, peak_tflops):
     for name, rate in rates.items():
         rows.append(Row("packed vs padded", name, f"{rate:,.0f} real tok/s", f"{rate / base:.2f}x padded"))
     return rows
-
-
-def _has_flash_attn():
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def peak_flops(args, device):

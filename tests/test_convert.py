@@ -14,18 +14,10 @@ from modeling_vift.conversion import ConversionError, compare_with_llava, conver
 from modeling_vift.testing_utils import (
     random_images,
     save_tiny_towers,
-    tiny_image_processor,
     tiny_text_config,
     tiny_tokenizer,
-    tiny_vision_config,
 )
-
-
-LLAVA_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+from tests.test_conversion_fidelity import LLAVA_TEMPLATE, save_llava_hf
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -35,24 +27,7 @@ LLAVA_TEMPLATE = (
 
 def save_tiny_llava(directory, tower="clip", strategy="default"):
     """A tiny llava-hf LlavaForConditionalGeneration (CLIP or SigLIP tower, Llama LM) with its processor."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    tokenizer = tiny_tokenizer()
-    config = LlavaConfig(
-        vision_config=tiny_vision_config(tower).to_dict(),
-        text_config=tiny_text_config("llama", vocab_size=len(tokenizer)).to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy=strategy,
-        image_seq_length=16,
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(directory)
-    LlavaProcessor(
-        image_processor=tiny_image_processor(tower, 32), tokenizer=tokenizer, patch_size=8,
-        vision_feature_select_strategy=strategy, num_additional_image_tokens=int(tower == "clip"),
-        chat_template=LLAVA_TEMPLATE,
-    ).save_pretrained(directory)
+    save_llava_hf(directory, "llama", tiny_tokenizer(), tower, strategy)
     return directory
 
 

@@ -178,11 +178,9 @@ class ChatPrompt(str):
 
 class ViFTProcessorKwargs(ProcessingKwargs, total=False):
     # `_defaults` rather than the processor's class attributes: transformers 5.17 reads only `_defaults`.
-    # Pixel values are tensors even when the caller asks for lists (the model takes nothing else).
-    _defaults = {
-        "text_kwargs": {"padding": True, "add_special_tokens": False},
-        "images_kwargs": {"return_tensors": "pt"},
-    }
+    # Pixel values are tensors even when the caller asks for lists (the model takes nothing else). The text defaults
+    # (`add_special_tokens`: the processor's setting; `padding`: only for several texts) are set per call in `__call__`.
+    _defaults = {"images_kwargs": {"return_tensors": "pt"}}
 
 
 class ViFTProcessor(ProcessorMixin):
