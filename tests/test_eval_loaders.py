@@ -7,7 +7,13 @@ import pytest
 from eval_support import materialize_fixtures
 
 from modeling_vift.evaluation import DataError, load_benchmark
-from modeling_vift.evaluation.demon import map_placeholders, parse_choice_list, task_category
+from modeling_vift.evaluation.demon import (
+    CATEGORIES,
+    map_placeholders,
+    parse_choice_list,
+    task_category,
+    task_identity,
+)
 from modeling_vift.evaluation.runner import render_prompt
 from modeling_vift.evaluation.samples import open_image
 
@@ -65,7 +71,8 @@ def test_mathvision_strips_image_tags_and_counts_broken_lines(data):
 def test_demon_maps_image_placeholders_onto_interleaved_images(data):
     result = load_benchmark("demon", os.path.join(data, "demon"))
     by_id = {s.id: s for s in result.samples}
-    assert sorted(by_id) == ["NLVR2/0", "NLVR2/1", "RecipeQA_VisualCloze/0", "Spot-the-Diff/0", "Spot-the-Diff/1"]
+    assert sorted(by_id) == ["ALFRED/3", "COMICS_Dialogue/0", "MMCoQA/2", "MultiModalQA/0", "MultiModalQA/1", "NLVR2/0",
+                             "NLVR2/1", "RecipeQA_VisualCloze/0", "Spot-the-Diff/0", "Spot-the-Diff/1"]
     assert reasons(result)["NLVR2/2"].startswith("image placeholder mismatch")
     cloze = by_id["RecipeQA_VisualCloze/0"]
     assert cloze.prompt.startswith("Read the recipe steps")  # instruction template, then the context
@@ -82,22 +89,122 @@ def test_placeholder_order_and_categories_follow_the_published_layout():
     text, order, error = map_placeholders("first {image#2}, then {image#1} and {image#2} again", 2)
     assert error is None and order == [1, 0, 1] and text == "first <image>, then <image> and <image> again"
     assert map_placeholders("{image#1}{image#3}", 3)[2].startswith("image placeholder mismatch")
-    assert parse_choice_list("Q?Choice List:['yes', 'no']Answer:") == ["yes", "no"]
+    assert parse_choice_list("Q?Choice List:['yes', 'no']Answer:") == (["yes", "no"], None)
     assert task_category("recipeqa-RecipeQA_VisualCloze") == "Multi-Modal Cloze"
-    assert task_category("Something", path="/x/Text-Rich Images QA/Something/core.json") == "Text-Rich Images QA"
+    assert task_identity("/x/Text-Rich Images QA/Something/core/core.json") == ("Something", "Text-Rich Images QA")
     assert task_category("UnknownTask") is None
 
 
 def test_demon_unknown_categories_and_non_task_files_are_reported(tmp_path):
-    task = {"metadata": {"dataset": "NewTask", "task_instruction": ["Do it. "], "question_type": "essay"},
-            "data": [{"sample_id": 0, "task_instruction_id": 0, "task_instance": {"context": "x", "images_path": []}, "response": "y"}]}
-    (tmp_path / "task.json").write_text(json.dumps(task))
+    def task(dataset, question_type):
+        return {"metadata": {"dataset": dataset, "task_instruction": ["Do it. "], "question_type": question_type},
+                "data": [{"sample_id": 0, "task_instruction_id": 0, "task_instance": {"context": "x", "images_path": []},
+                          "response": "y"}]}
+
+    (tmp_path / "task.json").write_text(json.dumps(task("NewTask", "open-ended")))  # no category folder, unknown name
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    essay = tmp_path / "Visual Storytelling" / "Essays" / "core"
+    essay.mkdir(parents=True)
+    (essay / "core.json").write_text(json.dumps(task("", "essay")))
     result = load_benchmark("demon", str(tmp_path))
     assert result.samples == []
     skipped = reasons(result)
-    assert skipped["NewTask/0"].startswith("unknown question_type")
+    assert skipped["NewTask/0"].startswith("unknown category: task 'NewTask'") and "<category>/<task>/core/core.json" in skipped["NewTask/0"]
+    assert skipped["Essays/0"].startswith("unknown question_type: 'essay'")
     assert skipped[str(tmp_path / "other.json")].startswith("not a DEMON task file")
+    assert result.skip_counts() == {"unknown category": 1, "unknown question_type": 1, "not a DEMON task file": 1}
+
+
+def test_demon_tables_are_images_numbered_with_the_images(data):
+    by_id = {s.id: s for s in load_benchmark("demon", os.path.join(data, "demon")).samples}
+    table = by_id["MultiModalQA/1"]  # "Global Table: {table#1} Context: {image#2} ..."
+    assert "{table#" not in table.prompt and "{image#" not in table.prompt
+    assert "Global Table: <image> Context: <image> Question:" in table.prompt
+    assert [os.path.basename(p) for p in table.images] == ["2.png", "3.jpg"]
+    dialogue = by_id["MMCoQA/2"]  # two tables ({table#1}, {table#2}, the same file twice) and {image#3}
+    assert dialogue.prompt.count("<image>") == 3 and [os.path.basename(p) for p in dialogue.images] == ["2.png", "2.png", "3.jpg"]
+    assert dialogue.category == "Multi-Modal Dialogue" and dialogue.question_type == "open-ended"
+    text, order, error = map_placeholders("{table#1} then {image#2}", 2)
+    assert error is None and order == [0, 1] and text == "<image> then <image>"
+    assert map_placeholders("{table#1} then {image#3}", 2)[2].startswith("image placeholder mismatch")
+
+
+def test_demon_alfred_with_empty_question_type_is_open_ended_in_its_folder_category(data):
+    result = load_benchmark("demon", os.path.join(data, "demon"))
+    alfred = {s.id: s for s in result.samples}["ALFRED/3"]
+    assert alfred.question_type == "open-ended" and alfred.extra["question_type_inferred"] is True
+    assert alfred.category == "Multi-Modal Dialogue" and alfred.group == "ALFRED" and alfred.choices == []
+    assert alfred.prompt.startswith("You are given a main goal") and alfred.prompt.count("<image>") == 3
+    assert not any(item["id"].startswith("ALFRED/") for item in result.skipped)
+
+
+def test_demon_choice_list_gets_the_official_prompt_suffix(data):
+    by_id = {s.id: s for s in load_benchmark("demon", os.path.join(data, "demon")).samples}
+    listed = by_id["MultiModalQA/0"]  # has a choice_list: instruction + context + the suffix of the official inference
+    assert listed.prompt == (
+        "Answer the question with the help of the table and the pictures. You must choose your answer from the Choice "
+        "List. Global Table: <image> Context: <image> Question: Which sport does the team in the 1998 row play? "
+        "Choice list:['soccer', 'baseball', 'basketball', 'football']. Your answer is:")
+    assert listed.choices == ["soccer", "baseball", "basketball", "football"] and listed.reference == "baseball"
+    written = by_id["MultiModalQA/1"]  # no choice_list: no suffix; the choices are read from the context for scoring
+    assert written.prompt.endswith("Choice List:['red', 'blue', 'green', 'white'] Your answer is:")
+    assert "Choice list:[" not in written.prompt and written.choices == ["red", "blue", "green", "white"]
+    assert by_id["NLVR2/1"].prompt.endswith("Choice List:['True','False']Answer: ")
+    assert by_id["NLVR2/0"].prompt.endswith("Answer: Choice list:['True', 'False']. Your answer is:")
+
+
+def test_demon_task_names_and_categories_come_from_the_folders(data, tmp_path):
+    by_id = {s.id: s for s in load_benchmark("demon", os.path.join(data, "demon")).samples}
+    assert by_id["MultiModalQA/0"].group == "MultiModalQA"  # the metadata says "MMQA"
+    assert by_id["MultiModalQA/0"].category == "Knowledge Grounded QA"
+    record = {"sample_id": 7, "task_instruction_id": 0, "response": "a cat",
+              "task_instance": {"context": "{image#1} What is shown?", "images_path": ["7.png"]}}
+    folder = tmp_path / "Text-Rich Images QA" / "PosterQA" / "core"
+    folder.mkdir(parents=True)
+    (folder / "core.json").write_text(json.dumps({"metadata": {"dataset": "", "split": "core", "task_instruction": ["Answer. "],
+                                                               "question_type": "open-ended"}, "data": [record]}))
+    missing = reasons(load_benchmark("demon", str(tmp_path)))
+    assert list(missing) == ["PosterQA/7"] and missing["PosterQA/7"].startswith("missing image")
+    (folder / "7.png").write_bytes(open(by_id["NLVR2/0"].images[0], "rb").read())
+    sample = load_benchmark("demon", str(tmp_path)).samples[0]
+    assert (sample.id, sample.group, sample.category) == ("PosterQA/7", "PosterQA", "Text-Rich Images QA")
+    assert task_identity("/data/VIST.json", {"dataset": "VIST"}) == ("VIST", "Visual Storytelling")  # outside the layout
+    assert task_identity("/data/demon/DocVQA/core/core.json", {"dataset": "docvqa-x"}) == ("DocVQA", "Text-Rich Images QA")
+
+
+def test_demon_choice_lists_with_unescaped_quotes_are_split_and_unreadable_ones_reported(data):
+    comics = "{image#1}Choice List:['but suddenly - ', 'for pete ' s sake ! ', 'ow ! my foot ! ']Your answer is: "
+    assert parse_choice_list(comics) == (["but suddenly - ", "for pete ' s sake ! ", "ow ! my foot ! "], None)
+    assert parse_choice_list("""Choice List:['Image A: {image#4}', "it's B"] Your answer""") == (["Image A: {image#4}", "it's B"], None)
+    assert parse_choice_list("no list here") == (None, None)
+    assert parse_choice_list(["a", 2]) == (["a", "2"], None)
+    choices, error = parse_choice_list("Choice List:[look out !, run !]Your answer is:")
+    assert choices is None and error.startswith("unparsable choice list: expected quoted options")
+    result = load_benchmark("demon", os.path.join(data, "demon"))
+    sample = {s.id: s for s in result.samples}["COMICS_Dialogue/0"]
+    assert len(sample.choices) == 4 and sample.choices[1] == "for pete ' s sake ! what ' s got into him ?"
+    assert sample.reference in [c + " " for c in sample.choices] and sample.category == "Multi-Modal Cloze"
+    assert reasons(result)["COMICS_Dialogue/1"].startswith("unparsable choice list")
+
+
+def test_demon_answer_outside_its_choices_is_a_reported_skip(tmp_path):
+    folder = tmp_path / "Multi-Image Reasoning" / "NLVR2" / "core"
+    folder.mkdir(parents=True)
+    record = {"sample_id": 0, "task_instruction_id": 0, "response": "Maybe",
+              "task_instance": {"context": "Statement: x.", "images_path": [], "choice_list": ["True", "False"]}}
+    (folder / "core.json").write_text(json.dumps({"metadata": {"dataset": "NLVR2", "task_instruction": ["Judge. "],
+                                                               "question_type": "multi-choice"}, "data": [record]}))
+    result = load_benchmark("demon", str(tmp_path))
+    assert result.samples == [] and reasons(result)["NLVR2/0"].startswith("answer not among the choices: 'Maybe'")
+
+
+def test_demon_fixtures_fill_every_category_they_name_and_count_every_skip(data):
+    result = load_benchmark("demon", os.path.join(data, "demon"))
+    assert all(s.category in CATEGORIES for s in result.samples)
+    assert {s.category for s in result.samples} == {"Knowledge Grounded QA", "Multi-Image Reasoning", "Multi-Modal Cloze",
+                                                    "Multi-Modal Dialogue", "Visual Relation Inference"}
+    assert result.skip_counts() == {"image placeholder mismatch": 1, "unparsable choice list": 1}
+    assert len(result.samples) + len(result.skipped) == 12  # every record of the 7 task files
 
 
 def test_open_ended_questions_find_their_images_folder(data):

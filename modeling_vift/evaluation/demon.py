@@ -1,13 +1,29 @@
 """DEMON (Li et al., ICLR 2024) reader: demonstrative instructions with interleaved images.
 
 A DEMON task file is a JSON object `{"metadata": {"dataset", "split", "num_sample", "task_instruction": [10
-templates], "question_type": "open-ended" | "multi-choice"}, "data": [{"sample_id", "task_instruction_id",
-"task_instance": {"context": "...{image#1}...{image#2}...", "images_path": [...], "choice_list": [...]},
-"response"}]}`; the release lays tasks out as `<category>/<task>/.../core.json`.
+templates], "question_type": "open-ended" | "multi-choice" | ""}, "data": [{"sample_id", "task_instruction_id",
+"task_instance": {"context": "...{image#1}...{table#2}...", "images_path": [...], "choice_list": [...]},
+"response"}]}`; the release lays tasks out as `<category>/<task>/core/core.json` with the images in
+`<category>/<task>/core/images/`, and the official scripts (DCDmllm/Cheetah) read a task by that folder path.
 
-Each `{image#k}` becomes the processor's `<image>` placeholder and the k-th entry of `images_path` is passed at that
-position, so the model sees the images interleaved with the text in the published order. The prompt is the task
-instruction (template `task_instruction_id`) followed by the instance context.
+The rules, as the official inference and evaluation scripts read the data (re-implemented, no code taken):
+- Task and category come from the folders: the task is the folder that holds `core/` (or the task file), the
+  category its parent folder. `metadata["dataset"]` is not used for either: it can differ from the folder (MultiModalQA
+  says `MMQA`). A file outside that layout takes its task name from `metadata["dataset"]` and its category from the
+  known task list; a task whose category cannot be found is skipped, record by record, with the reason.
+- The prompt is the task instruction (template `task_instruction_id`) followed by the context and, when the record
+  has a `choice_list`, the suffix `Choice list:['a', 'b']. Your answer is:`.
+- `{image#k}` and `{table#k}` (MultiModalQA and MMCoQA give tables as images) share one numbering: each becomes the
+  processor's `<image>` placeholder and the k-th entry of `images_path` is passed at that position, so the model sees
+  the images interleaved with the text in the published order. Placeholders must name exactly images 1..n.
+- `question_type` "" (ALFRED) is not refused: a record with choices is read as multi-choice, one without as
+  open-ended (ROUGE-L), and `extra["question_type_inferred"]` says so. (The official `evaluate.py` prints "Dataset not
+  supported" for it and scores nothing.)
+- The choices scored against are the record's `choice_list`, else the `Choice List:[...]` written in the context,
+  read as a Python list or, when its quotes are not escaped (COMICS_Dialogue: `'for pete ' s sake ! '`), split at
+  the quote-comma-quote separators. A list that cannot be read, or a multi-choice answer that is not one of the
+  choices (compared after the official normalisation; the image-choice tasks answer "Image B" and are not checked),
+  is a counted skip with the reason.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ import json
 import os
 import re
 
+from .official import demon_normalize, is_image_choice_task
 from .samples import IMAGE_PLACEHOLDER, EvalSample, LoadResult, resolve_image
 
 
@@ -66,8 +83,12 @@ TASK_CATEGORIES = {
 }
 
 QUESTION_TYPES = ("open-ended", "multi-choice")
-PLACEHOLDER = re.compile(r"\{image#(\d+)\}")
-_CHOICE_LIST = re.compile(r"Choice List\s*:\s*(\[.*?\])", re.DOTALL)
+PLACEHOLDER = re.compile(r"\{(?:image|table)#(\d+)\}")
+SPLIT_FOLDERS = ("core", "full")
+_CHOICE_LIST = re.compile(r"Choice List\s*:\s*\[", re.IGNORECASE)
+_LIST_END = re.compile(r"""['"]\s*\]""")
+_SEPARATOR = re.compile(r"""['"]\s*,\s*['"]""")
+_IMAGE_TAG = re.compile(r"<image\d*>")
 
 
 def _key(text):
@@ -78,16 +99,12 @@ _CATEGORY_KEYS = {_key(c): c for c in CATEGORIES}
 _TASK_KEYS = {_key(t): c for t, c in TASK_CATEGORIES.items()}
 
 
-def task_category(task, path=None, metadata=None):
-    """The DEMON category of a task: `metadata["category"]`, else a folder of `path` named after a category, else the
-    known task list (also when the task name carries a prefix, e.g. `recipeqa-RecipeQA_VisualCloze`), else None."""
-    if metadata and metadata.get("category"):
-        return _CATEGORY_KEYS.get(_key(metadata["category"]), str(metadata["category"]))
-    if path:
-        for part in os.path.normpath(os.path.abspath(path)).split(os.sep):
-            if _key(part) in _CATEGORY_KEYS:
-                return _CATEGORY_KEYS[_key(part)]
+def task_category(task):
+    """The DEMON category of a known task name (also when it carries a prefix, e.g. `recipeqa-RecipeQA_VisualCloze`),
+    else None."""
     key = _key(task)
+    if not key:
+        return None
     if key in _TASK_KEYS:
         return _TASK_KEYS[key]
     for known, category in sorted(_TASK_KEYS.items(), key=lambda kv: -len(kv[0])):
@@ -96,30 +113,77 @@ def task_category(task, path=None, metadata=None):
     return None
 
 
-def parse_choice_list(context):
-    """The options written into a context as `Choice List:['a', 'b']`, or None."""
-    match = _CHOICE_LIST.search(context or "")
-    if not match:
-        return None
-    try:
-        value = ast.literal_eval(match.group(1))
-    except (ValueError, SyntaxError):
-        return None
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else None
+def task_identity(file, metadata=None):
+    """`(task, category)` of a task file as the official scripts find it: the task is the folder holding `core/`
+    (or the file itself when there is no split folder), the category that folder's parent. Outside that layout the
+    task is `metadata["dataset"]` (else the file name) and the category comes from the known task list or
+    `metadata["category"]`; the category is None when none of these names one of the 7."""
+    metadata = metadata or {}
+    folder = os.path.dirname(os.path.abspath(file))
+    split = str(metadata.get("split") or "").lower()
+    in_split_folder = os.path.basename(folder).lower() in SPLIT_FOLDERS + ((split,) if split else ())
+    task_folder = os.path.dirname(folder) if in_split_folder else folder
+    parent = _CATEGORY_KEYS.get(_key(os.path.basename(os.path.dirname(task_folder))))
+    if parent or in_split_folder:
+        task = os.path.basename(task_folder)
+    else:
+        task = str(metadata.get("dataset") or "").strip() or os.path.splitext(os.path.basename(file))[0]
+    category = parent or task_category(task) or task_category(metadata.get("dataset") or "")
+    if category is None and metadata.get("category"):
+        category = _CATEGORY_KEYS.get(_key(metadata["category"]))
+    return task, category
 
 
-def map_placeholders(context, num_images):
-    """Replaces `{image#k}` with `<image>`; returns `(text, image_indices, error)` where `image_indices` are the
-    0-based `images_path` entries in order of appearance, or `error` says why the context and the image list
-    disagree (placeholders must name exactly images 1..num_images)."""
-    ks = [int(k) for k in PLACEHOLDER.findall(context)]
+def parse_choice_list(value):
+    """The options of a choice list: a list as stored in `choice_list`, or the text of a context holding
+    `Choice List:[...]`. Returns `(choices, error)`: `(None, None)` when a context has no choice list, `error` when
+    the list is there but cannot be read. A written list is read as a Python literal; when its quotes are not escaped
+    (`['ow ! ', 'for pete ' s sake ! ']`) it is split at the quote-comma-quote separators instead."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value], None
+    if value is None:
+        return None, None
+    text = str(value)
+    start = _CHOICE_LIST.search(text)
+    if start is None:
+        if text.lstrip().startswith("["):  # a choice_list stored as the text of a list
+            return _read_list(text, text.index("["))
+        return None, None
+    return _read_list(text, start.end() - 1)
+
+
+def _read_list(text, open_bracket):
+    ends = list(_LIST_END.finditer(text, open_bracket))
+    for end in ends:  # the shortest span that is a Python list of strings
+        try:
+            value = ast.literal_eval(text[open_bracket:end.end()])
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value, None
+    snippet = text[open_bracket:open_bracket + 80]
+    body = text[open_bracket + 1:ends[0].start() + 1].strip() if ends else ""
+    if len(body) < 2 or body[0] not in "'\"":
+        return None, f"unparsable choice list: expected quoted options such as ['a', 'b'], got {snippet!r}"
+    return [part for part in _SEPARATOR.split(body[1:-1])], None
+
+
+def map_placeholders(text, num_images):
+    """Replaces `{image#k}` and `{table#k}` with `<image>`; returns `(text, image_indices, error)` where
+    `image_indices` are the 0-based `images_path` entries in order of appearance, or `error` says why the text and
+    the image list disagree (placeholders must name exactly images 1..num_images)."""
+    ks = [int(k) for k in PLACEHOLDER.findall(text)]
     if sorted(set(ks)) != list(range(1, num_images + 1)):
         return None, None, (
             f"image placeholder mismatch: the context names {len(set(ks))} image(s) {sorted(set(ks))} but images_path "
             f"lists {num_images}"
         )
-    text = re.sub(r"<image\d*>", "", context)
-    return PLACEHOLDER.sub(IMAGE_PLACEHOLDER, text), [k - 1 for k in ks], None
+    return PLACEHOLDER.sub(IMAGE_PLACEHOLDER, _IMAGE_TAG.sub("", text)), [k - 1 for k in ks], None
+
+
+def choice_suffix(choices):
+    """The suffix the official inference appends to a record with a `choice_list`."""
+    return "Choice list:['" + "', '".join(str(c) for c in choices) + "']. Your answer is:"
 
 
 def _task_files(path):
@@ -152,55 +216,79 @@ def load_demon(path, image_root=None):
 
 def _read_task(task, file, image_root, result):
     meta = task["metadata"]
-    name = str(meta.get("dataset") or os.path.basename(os.path.dirname(file)))
-    category = task_category(name, file, meta)
+    name, category = task_identity(file, meta)
     question_type = meta.get("question_type")
     instructions = meta.get("task_instruction") or []
     if isinstance(instructions, str):
         instructions = [instructions]
     base = os.path.dirname(os.path.abspath(file))
-    roots = [base, os.path.join(base, "images")]
+    roots = [os.path.join(base, "images"), base]
     if image_root:
         roots += [os.path.join(image_root, name), os.path.join(image_root, name, "images"), image_root]
     for record in task["data"]:
-        sample_id = f"{name}/{record.get('sample_id')}"
-        if question_type not in QUESTION_TYPES:
-            result.skip(sample_id, f"unknown question_type: {question_type!r} (expected one of {QUESTION_TYPES})")
+        sample_id = f"{name}/{record.get('sample_id') if isinstance(record, dict) else '?'}"
+        if category is None:
+            result.skip(sample_id, (
+                f"unknown category: task {name!r} ({file}) is neither in a DEMON category folder nor a known DEMON task; "
+                f"lay it out as <category>/<task>/core/core.json with one of the categories {CATEGORIES}"))
             continue
-        instance = record.get("task_instance") or {}
-        context = instance.get("context")
-        images_path = instance.get("images_path") or []
-        if not isinstance(context, str):
-            result.skip(sample_id, "missing context: task_instance has no context")
+        if not isinstance(record, dict):
+            result.skip(sample_id, f"invalid record: expected an object, got {type(record).__name__}")
             continue
-        if record.get("response") in (None, ""):
-            result.skip(sample_id, "missing answer: the record has no response")
-            continue
-        instruction_id = record.get("task_instruction_id", 0)
-        if not instructions or not isinstance(instruction_id, int) or not 0 <= instruction_id < len(instructions):
-            result.skip(sample_id, f"bad task_instruction_id: {instruction_id!r} for {len(instructions)} instruction templates")
-            continue
-        text, order, error = map_placeholders(context, len(images_path))
-        if error:
-            result.skip(sample_id, error)
-            continue
-        resolved = []
-        for entry in images_path:
-            image, error = resolve_image(entry, roots)
-            if error:
-                break
-            resolved.append(image)
-        if error:
-            result.skip(sample_id, error)
-            continue
-        choices = instance.get("choice_list") or parse_choice_list(context) or []
-        choices = [PLACEHOLDER.sub("", str(c)).strip().rstrip(":").strip() for c in choices]
-        instruction = re.sub(r"<image\d*>", "", str(instructions[instruction_id]))
-        result.samples.append(EvalSample(
-            id=sample_id, benchmark="demon", prompt=instruction + text, images=[resolved[i] for i in order],
-            reference=str(record["response"]), question_type=question_type, choices=choices, group=name,
-            category=category, extra={"task": name, "sample_id": record.get("sample_id")},
-        ))
+        sample = _read_record(record, sample_id, name, category, question_type, instructions, roots, result)
+        if sample is not None:
+            result.samples.append(sample)
 
 
-__all__ = ["CATEGORIES", "TASK_CATEGORIES", "load_demon", "map_placeholders", "parse_choice_list", "task_category"]
+def _read_record(record, sample_id, name, category, question_type, instructions, roots, result):
+    instance = record.get("task_instance") or {}
+    context = instance.get("context")
+    images_path = instance.get("images_path") or []
+    if question_type not in QUESTION_TYPES + ("", None):
+        return result.skip(sample_id, f"unknown question_type: {question_type!r} (expected one of {QUESTION_TYPES} or empty)")
+    if not isinstance(context, str):
+        return result.skip(sample_id, "missing context: task_instance has no context")
+    if record.get("response") in (None, ""):
+        return result.skip(sample_id, "missing answer: the record has no response")
+    instruction_id = record.get("task_instruction_id", 0)
+    if not instructions or not isinstance(instruction_id, int) or not 0 <= instruction_id < len(instructions):
+        return result.skip(sample_id, f"bad task_instruction_id: {instruction_id!r} for {len(instructions)} instruction templates")
+    has_list = "choice_list" in instance
+    choices, error = parse_choice_list(instance["choice_list"] if has_list else context)
+    if error and (has_list or question_type != "open-ended"):
+        return result.skip(sample_id, error)
+    prompt = str(instructions[instruction_id]) + context + (choice_suffix(choices or []) if has_list else "")
+    text, order, error = map_placeholders(prompt, len(images_path))
+    if error:
+        return result.skip(sample_id, error)
+    resolved = []
+    for entry in images_path:
+        image, error = resolve_image(entry, roots)
+        if error:
+            return result.skip(sample_id, error)
+        resolved.append(image)
+    reference = str(record["response"])
+    choices = [PLACEHOLDER.sub("", str(c)).strip().rstrip(":").strip() for c in choices or []]
+    inferred = question_type in ("", None)
+    if inferred:
+        question_type = "multi-choice" if choices else "open-ended"
+    if question_type == "multi-choice" and choices and not is_image_choice_task(name):
+        if demon_normalize(reference) not in {demon_normalize(c) for c in choices}:
+            return result.skip(sample_id, f"answer not among the choices: {reference!r} is not one of {choices}")
+    return EvalSample(
+        id=sample_id, benchmark="demon", prompt=text, images=[resolved[i] for i in order], reference=reference,
+        question_type=question_type, choices=choices, group=name, category=category,
+        extra={"task": name, "sample_id": record.get("sample_id"), "question_type_inferred": inferred},
+    )
+
+
+__all__ = [
+    "CATEGORIES",
+    "TASK_CATEGORIES",
+    "choice_suffix",
+    "load_demon",
+    "map_placeholders",
+    "parse_choice_list",
+    "task_category",
+    "task_identity",
+]
