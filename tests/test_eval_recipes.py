@@ -59,7 +59,7 @@ def read_predictions(output_dir):
         ("mathvista", "eval_mathvista.yaml", 4, {"missing image": 1, "unknown answer_type": 1}),
         ("mathverse", "eval_mathverse.yaml", 3, {"missing image": 1}),
         ("mathvision", "eval_mathvision.yaml", 3, {"line 5": 0, "invalid JSON": 1, "unknown answer": 1}),
-        ("demon", "eval_demon.yaml", 5, {"image placeholder mismatch": 1}),
+        ("demon", "eval_demon.yaml", 10, {"image placeholder mismatch": 1, "unparsable choice list": 1}),
         ("llava_bench", "eval_llava_bench.yaml", 3, {}),
     ],
 )
@@ -85,7 +85,10 @@ def test_each_benchmark_recipe_runs_end_to_end_on_the_fixtures(benchmark, config
         answers = [json.loads(line) for line in open(os.path.join(out, "answers.jsonl"))]
         assert [a["question_id"] for a in answers] == ["0", "1", "2"] and scores["num_answers"] == 3
     elif benchmark == "demon":
-        assert set(scores["per_category"]) == {"Multi-Image Reasoning", "Multi-Modal Cloze", "Visual Relation Inference"}
+        assert set(scores["per_category"]) == {"Knowledge Grounded QA", "Multi-Image Reasoning", "Multi-Modal Cloze",
+                                               "Multi-Modal Dialogue", "Visual Relation Inference"}
+        alfred = scores["per_task"]["ALFRED"]  # empty question_type in the release: scored as open-ended
+        assert alfred["metric"] == "rouge_l" and alfred["category"] == "Multi-Modal Dialogue" and alfred["n"] == 1
         assert 0.0 <= scores["overall"] <= 1.0 and len(scores["scores"]) == evaluated
     else:
         assert scores["total"] == evaluated and 0.0 <= scores["accuracy"] <= 1.0
@@ -111,12 +114,19 @@ def test_fixture_answers_score_as_hand_counted(data):
     assert mathvision["scores"] == [1.0, 0.0, 1.0]
     demon = score_records("demon", records("demon", {
         "NLVR2/0": "true", "NLVR2/1": "It is true.", "RecipeQA_VisualCloze/0": "Image B",
-        "Spot-the-Diff/0": "the blue square moved to the left", "Spot-the-Diff/1": "the red circle is gone"}),
+        "Spot-the-Diff/0": "the blue square moved to the left", "Spot-the-Diff/1": "the red circle is gone",
+        "MultiModalQA/0": "baseball", "MultiModalQA/1": "The shirt is red.", "MMCoQA/2": "a silver trophy",
+        "ALFRED/3": "Turn around and carry the mug to the sink.", "COMICS_Dialogue/0": "keep it up boy"}),
         protocol="strict")  # strict ROUGE-L counts every word; the official one counts unique words
     rouge_first = 2 * 1.0 * (7 / 12) / (1.0 + 7 / 12)  # LCS 7 words of a 7-word prediction and a 12-word reference
     assert demon["per_task"]["NLVR2"]["score"] == 0.5 and demon["per_task"]["RecipeQA_VisualCloze"]["score"] == 1.0
     assert demon["per_task"]["Spot-the-Diff"]["score"] == pytest.approx((rouge_first + 1.0) / 2)
-    assert demon["overall"] == pytest.approx((0.5 + 1.0 + (rouge_first + 1.0) / 2) / 3)
+    assert demon["per_task"]["MultiModalQA"]["score"] == 0.5 and demon["per_task"]["COMICS_Dialogue"]["score"] == 1.0
+    assert demon["per_task"]["ALFRED"]["score"] == 1.0 and demon["per_task"]["MMCoQA"]["score"] == 1.0
+    categories = {"Multi-Image Reasoning": 0.5, "Multi-Modal Cloze": 1.0, "Visual Relation Inference": (rouge_first + 1.0) / 2,
+                  "Knowledge Grounded QA": 0.5, "Multi-Modal Dialogue": 1.0}
+    assert {c: v["score"] for c, v in demon["per_category"].items()} == pytest.approx(categories)
+    assert demon["overall"] == pytest.approx(sum(categories.values()) / 5)
 
 
 def test_interrupted_run_resumes_where_it_stopped(data, model_dir, tmp_path):

@@ -15,7 +15,9 @@ The rules, as the official inference and evaluation scripts read the data (re-im
   has a `choice_list`, the suffix `Choice list:['a', 'b']. Your answer is:`.
 - `{image#k}` and `{table#k}` (MultiModalQA and MMCoQA give tables as images) share one numbering: each becomes the
   processor's `<image>` placeholder and the k-th entry of `images_path` is passed at that position, so the model sees
-  the images interleaved with the text in the published order. Placeholders must name exactly images 1..n.
+  the images interleaved with the text in the published order (the official code fills the slots in `images_path`
+  order, which is the same where placeholders appear in order, as in the release's examples). Placeholders must
+  name exactly images 1..n.
 - `question_type` "" (ALFRED) is not refused: a record with choices is read as multi-choice, one without as
   open-ended (ROUGE-L), and `extra["question_type_inferred"]` says so. (The official `evaluate.py` prints "Dataset not
   supported" for it and scores nothing.)
@@ -115,7 +117,7 @@ def task_category(task):
 
 def task_identity(file, metadata=None):
     """`(task, category)` of a task file as the official scripts find it: the task is the folder holding `core/`
-    (or the file itself when there is no split folder), the category that folder's parent. Outside that layout the
+    (or holding the file when there is no split folder), the category that folder's parent. Outside that layout the
     task is `metadata["dataset"]` (else the file name) and the category comes from the known task list or
     `metadata["category"]`; the category is None when none of these names one of the 7."""
     metadata = metadata or {}
