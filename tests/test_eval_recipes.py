@@ -255,6 +255,8 @@ def test_fusion_sweep_searches_the_alignment_and_hands_the_chosen_one_to_evaluat
         assert all(r["fusion"]["fusion_alignment"] == alignment for r in records if r["sample"]["num_images"])
     with pytest.raises(ValueError, match="fusion_alignment must be one of"):
         SweepConfig(benchmark="demon", data_path="x", output_dir="y", fusion_alignments=["right", "left"])
+    with pytest.raises(ValueError, match="fusion_alignment must be one of"):
+        EvalConfig(benchmark="demon", data_path="x", output_dir="y", fusion=True, fusion_alignment="left")
 
 
 def test_bad_samples_are_recorded_and_scored_zero_not_raised(data, model_dir, tmp_path):
