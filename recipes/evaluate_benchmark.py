@@ -11,6 +11,8 @@ Fused generation uses the model's own fusion settings (its generation config, el
 `recipes.sweep_fusion --write_best_to both` wrote) unless given; a range that does not fit the model is refused:
     python -m recipes.evaluate_benchmark --config recipes/eval_mathverse.yaml --model_name_or_path path/to/vift \
         --fusion true --fusion_alpha 1.0 --fusion_beta 0.5 --fusion_layers upper_half
+(`--fusion_alignment token` pairs each text token with its own copy, for images between pieces of text; the default is
+the model's, else `right`, the authors'.)
 
 Protocols (recorded in scores.json): `--protocol official` (default) reproduces the benchmark's own scorer so numbers
 sit in published tables; `--protocol strict` is vift's careful scorer. MathVista's official answer extraction asks an

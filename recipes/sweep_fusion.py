@@ -1,4 +1,5 @@
-"""Choose ViFT's fusion settings (alpha, beta, steered layers) on a validation split.
+"""Choose ViFT's fusion settings (alpha, beta, steered layers, and with `--fusion_alignments right token` the
+alignment) on a validation split.
 
     python -m recipes.sweep_fusion --config recipes/eval_sweep_fusion.yaml --model_name_or_path path/to/vift \
         --data_path path/to/validation.json
@@ -8,8 +9,8 @@
 Every setting is one resumable `evaluate_benchmark` run under output_dir/runs/. Writes sweep_results.json,
 best_fusion.json, heatmap.png and validation_ids.txt (pass it as exclude_ids_file to recipes.evaluate_benchmark so
 that the reported numbers are not measured on the samples the setting was chosen on); scores are fractions in [0, 1].
-`--write_best_to both` stores the best setting in the model folder's config.json and generation_config.json: the
-defaults of `generate(..., fusion=True)` and of `recipes.evaluate_benchmark --fusion true`.
+`--write_best_to both` stores the best setting (alignment included) in the model folder's config.json and
+generation_config.json: the defaults of `generate(..., fusion=True)` and of `recipes.evaluate_benchmark --fusion true`.
 Every field of `modeling_vift.evaluation.SweepConfig` is a flag (`--help` lists them).
 """
 

@@ -76,8 +76,9 @@ def test_each_benchmark_recipe_runs_end_to_end_on_the_fixtures(benchmark, config
     records = read_predictions(out)
     assert len(records) == evaluated and all(r["error"] is None for r in records)
     with_images = [r for r in records if r["sample"]["num_images"]]
-    # no fusion value in the YAMLs: all come from the model (upper half of its 4 layers, alpha / beta 0.5)
-    fusion = {"fusion": True, "fusion_alpha": 0.5, "fusion_beta": 0.5, "fusion_layers": [2, 4]}
+    # no fusion value in the YAMLs: all come from the model (upper half of its 4 layers, alpha / beta 0.5, the authors'
+    # right alignment)
+    fusion = {"fusion": True, "fusion_alpha": 0.5, "fusion_beta": 0.5, "fusion_layers": [2, 4], "fusion_alignment": "right"}
     assert with_images and all(r["fusion"] == fusion for r in with_images)
     for name in ("scores.json", "report.json", "summary.md", "run_config.json"):
         assert os.path.exists(os.path.join(out, name))
@@ -210,9 +211,62 @@ def test_fusion_sweep_writes_heatmap_best_setting_and_model_config(data, model_d
     ])
     records = read_predictions(str(tmp_path / "eval"))
     assert [r["id"] for r in records] == sorted({"1", "2", "3", "4"} - set(ids)) and evaluation["stats"]["num_samples"] == 2
-    tuned = {"fusion": True, "fusion_alpha": best["fusion_alpha"], "fusion_beta": 0.25, "fusion_layers": best["fusion_layers"]}
+    tuned = {"fusion": True, "fusion_alpha": best["fusion_alpha"], "fusion_beta": 0.25, "fusion_layers": best["fusion_layers"],
+             "fusion_alignment": "right"}  # the default search: the authors' alignment only
     assert all(r["fusion"] == tuned for r in records if r["sample"]["num_images"])
     assert "| 0." in result["table"] and "%" not in result["table"]  # fractions, as in the JSON files
+
+
+def test_fusion_sweep_searches_the_alignment_and_hands_the_chosen_one_to_evaluate(data, model_dir, tmp_path):
+    """`fusion_alignments: [right, token]`: every grid point is run and recorded with its alignment, the heatmap has a
+    panel per layer range and alignment, and `--write_best_to` stores the chosen alignment so that the next
+    `evaluate_benchmark` (no fusion flags) generates with it."""
+    model_copy = str(tmp_path / "model")
+    shutil.copytree(model_dir, model_copy)
+    out = str(tmp_path / "sweep")
+    result = run_recipe("sweep_fusion", [
+        "--config", os.path.join(REPO, "recipes", "eval_sweep_fusion.yaml"), "--model_name_or_path", model_copy,
+        "--data_path", os.path.join(data, DATA_FILES["demon"]), "--benchmark", "demon", "--output_dir", out,
+        "--max_samples", "3", "--alphas", "0.5", "1.5", "--betas", "0.25", "--layer_ranges", "2:4",
+        "--fusion_alignments", "right", "token", "--max_new_tokens", "4", "--batch_size", "2", "--write_best_to", "both",
+        "--progress", "false",
+    ])
+    fused = [r for r in result["results"] if r["fusion"]]
+    assert [(r["tag"], r["fusion_alignment"]) for r in fused] == [
+        ("layers2-4_alpha0.5_beta0.25", "right"), ("layers2-4_alpha1.5_beta0.25", "right"),
+        ("layers2-4_alpha0.5_beta0.25_token", "token"), ("layers2-4_alpha1.5_beta0.25_token", "token")]
+    for r in fused:  # each run generated with the alignment it is recorded under
+        records = read_predictions(os.path.join(out, "runs", r["tag"]))
+        assert all(p["fusion"]["fusion_alignment"] == r["fusion_alignment"] for p in records if p["sample"]["num_images"])
+    saved = json.load(open(os.path.join(out, "sweep_results.json")))
+    assert saved["fusion_alignments"] == ["right", "token"]
+    assert [r["fusion_alignment"] for r in saved["results"]] == [None, "right", "right", "token", "token"]
+    best = max(fused, key=lambda r: r["score"])  # first of the highest: ties go to the right alignment
+    assert saved["best"]["fusion_alignment"] == best["fusion_alignment"]
+    assert json.load(open(os.path.join(out, "best_fusion.json")))["fusion_alignment"] == best["fusion_alignment"]
+    assert "| token | [2, 4) |" in result["table"] and f"alignment={best['fusion_alignment']}" in result["table"]
+    with open(os.path.join(out, "heatmap.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("config.json", "generation_config.json"):
+        assert json.load(open(os.path.join(model_copy, name)))["fusion_alignment"] == best["fusion_alignment"]
+
+    # the hand-off for the other alignment too: write it as a sweep's best, then evaluate with the model's defaults
+    from modeling_vift.evaluation import write_fusion_setting
+
+    for alignment in ("token", "right"):
+        write_fusion_setting(model_copy, dict(best, fusion_alignment=alignment), "generation_config")
+        evaluation = run_recipe("evaluate_benchmark", [
+            "--config", os.path.join(REPO, "recipes", "eval_demon.yaml"), "--data_path", os.path.join(data, DATA_FILES["demon"]),
+            "--output_dir", str(tmp_path / f"eval_{alignment}"), "--model_name_or_path", model_copy, "--max_new_tokens", "4",
+            "--progress", "false",
+        ])
+        assert evaluation["generation"].fusion_alignment == alignment
+        records = read_predictions(str(tmp_path / f"eval_{alignment}"))
+        assert all(r["fusion"]["fusion_alignment"] == alignment for r in records if r["sample"]["num_images"])
+    with pytest.raises(ValueError, match="fusion_alignment must be one of"):
+        SweepConfig(benchmark="demon", data_path="x", output_dir="y", fusion_alignments=["right", "left"])
+    with pytest.raises(ValueError, match="fusion_alignment must be one of"):
+        EvalConfig(benchmark="demon", data_path="x", output_dir="y", fusion=True, fusion_alignment="left")
 
 
 def test_bad_samples_are_recorded_and_scored_zero_not_raised(data, model_dir, tmp_path):

@@ -5,7 +5,7 @@ stays the default, `explain_fusion` shows both alignments, and the setting is ch
 import pytest
 import torch
 
-from modeling_vift.remote_code.fusion_vift import fusion_columns, token_alignment
+from modeling_vift.remote_code.fusion_vift import fusion_columns, resolve_fusion_settings, token_alignment
 from modeling_vift.testing_utils import random_images, tiny_vift
 from tests.fusion_reference import reference_fused_generate
 from tests.fusion_token_reference import reference_token_fused_generate
@@ -124,6 +124,27 @@ def test_alignment_comes_from_call_then_generation_config_then_config():
 
     with pytest.raises(ValueError, match="fusion_alignment must be one of"):
         ViFTConfig(fusion_alignment="middle")
+
+
+def test_all_four_fusion_settings_resolve_by_one_rule_and_one_validation():
+    """alpha, beta, layers and the alignment each come from the call, else the generation config, else the model
+    config (independently of one another), and a bad value is refused whichever source it came from."""
+    model, _ = tiny_vift(seed=8)  # config: alpha 0.5, beta 0.5, layers the upper half [2, 4), alignment "right"
+    assert resolve_fusion_settings(model) == (0.5, 0.5, (2, 4), "right")
+    model.generation_config.fusion_beta = 0.25
+    model.generation_config.fusion_alignment = "token"
+    model.config.fusion_layers = [1, 3]
+    assert resolve_fusion_settings(model) == (0.5, 0.25, (1, 3), "token")
+    assert resolve_fusion_settings(model, 2.0, None, (0, 4), "right") == (2.0, 0.25, (0, 4), "right")
+    for name, bad, message in (("fusion_alpha", float("nan"), "fusion_alpha must be a finite number"),
+                               ("fusion_layers", [3, 9], r"fusion_layers=\[3, 9\) is invalid"),
+                               ("fusion_alignment", "left", "fusion_alignment must be one of")):
+        setattr(model.generation_config, name, bad)
+        with pytest.raises(ValueError, match=message):
+            resolve_fusion_settings(model)
+        with pytest.raises(ValueError, match=message):
+            resolve_fusion_settings(model, **{name: bad})
+        setattr(model.generation_config, name, None)
 
 
 def test_explain_fusion_shows_both_alignments():

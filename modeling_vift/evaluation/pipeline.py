@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from ..remote_code.configuration_vift import check_fusion_weights
+from ..remote_code.configuration_vift import check_fusion_alignment, check_fusion_weights
 from .benchmarks import canonical_benchmark, load_benchmark
 from .metrics import compute_demon_scores, compute_math_accuracy
 from .official import check_protocol
@@ -99,6 +99,9 @@ class EvalConfig(BenchmarkRunConfig):
     fusion_beta: Optional[float] = field(default=None, metadata=_help("Weight of the subtracted multimodal stream (default: the model's)."))
     fusion_layers: Optional[str] = field(default=None, metadata=_help(
         "Steered layers start:end, 'all' or 'upper_half' (default: the model's, e.g. as written by sweep_fusion)."))
+    fusion_alignment: Optional[str] = field(default=None, metadata=_help(
+        "'right' (the authors': the text-only prompt right-aligned) or 'token' (each text token steers its own copy; "
+        "for interleaved images). Default: the model's."))
     extractor: str = field(default="rules", metadata=_help("'rules' (default) or 'llm_judge' (needs judge_model)."))
     judge_model: Optional[str] = field(default=None, metadata=_help(
         "Text-generation model used by the llm_judge extractor, or the official MathVista extractor (protocol official)."))
@@ -109,6 +112,7 @@ class EvalConfig(BenchmarkRunConfig):
         super().__post_init__()
         parse_layer_range(self.fusion_layers)  # the syntax now; the range against the model once it is loaded
         check_fusion_weights(self.fusion_alpha, self.fusion_beta)
+        check_fusion_alignment(self.fusion_alignment)
         if self.extractor not in ("rules", "llm_judge"):
             raise ValueError(f"extractor must be 'rules' or 'llm_judge', got {self.extractor!r}.")
         if self.extractor == "llm_judge" and not self.judge_model:
@@ -281,14 +285,17 @@ def evaluate_benchmark(config: EvalConfig, model=None, processor=None, extractor
         if not config.model_name_or_path:
             raise ValueError("Give model_name_or_path (or pass model and processor).")
         model, processor = load_model_and_processor(config.model_name_or_path, dtype=dtype, device=state.device)
-    generation = config.generation_settings(fusion=config.fusion, fusion_alpha=config.fusion_alpha, fusion_beta=config.fusion_beta)
+    generation = config.generation_settings(fusion=config.fusion, fusion_alpha=config.fusion_alpha, fusion_beta=config.fusion_beta,
+                                            fusion_alignment=config.fusion_alignment)
     if config.fusion:
         generation.fusion_layers = layer_range_for_model(model, config.fusion_layers)
     generation = with_fusion_defaults(generation, model)
     run_config = {
         "benchmark": benchmark, "model": str(config.model_name_or_path), "data_path": str(config.data_path),
         "split": config.split, "prompt_style": config.prompt_style, "query_field": config.query_field,
-        "generation": {k: v for k, v in asdict(generation).items() if k != "batch_size"},
+        # a plain run records no alignment, as before the option existed (its folders still resume)
+        "generation": {k: v for k, v in asdict(generation).items()
+                       if k != "batch_size" and not (k == "fusion_alignment" and v is None)},
     }
     stats = run_generation(model, processor, loaded.samples, config.output_dir, generation, run_config=run_config,
                            overwrite=config.overwrite, progress=config.progress, state=state, desc=benchmark)

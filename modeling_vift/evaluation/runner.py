@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 
-from ..remote_code.configuration_vift import check_fusion_layers, check_fusion_weights
+from ..remote_code.configuration_vift import check_fusion_alignment, check_fusion_layers, check_fusion_weights
 from ..remote_code.fusion_vift import resolve_fusion_settings
 from .samples import IMAGE_PLACEHOLDER, open_image
 
@@ -31,6 +31,7 @@ class GenerationSettings:
     fusion_alpha: float | None = None  # None: the model config's default
     fusion_beta: float | None = None
     fusion_layers: list | None = None
+    fusion_alignment: str | None = None  # "right" (the authors') or "token"; None: the model's
     system_prompt: str | None = None
 
     def __post_init__(self):
@@ -42,6 +43,7 @@ class GenerationSettings:
         self.fusion_alpha, self.fusion_beta = check_fusion_weights(self.fusion_alpha, self.fusion_beta)
         if self.fusion_layers is not None:
             self.fusion_layers = list(check_fusion_layers(self.fusion_layers))
+        check_fusion_alignment(self.fusion_alignment)
 
     def fusion_kwargs(self):
         """The keyword arguments of fused `generate` (only the ones given; the rest come from the model config)."""
@@ -54,6 +56,8 @@ class GenerationSettings:
             kwargs["fusion_beta"] = float(self.fusion_beta)
         if self.fusion_layers is not None:
             kwargs["fusion_layers"] = tuple(self.fusion_layers)
+        if self.fusion_alignment is not None:
+            kwargs["fusion_alignment"] = self.fusion_alignment
         return kwargs
 
 
@@ -104,8 +108,10 @@ def with_fusion_defaults(settings, model):
     fused `generate` does), so that records and the resume check name the values actually used."""
     if not settings.fusion:
         return settings
-    alpha, beta, layers = resolve_fusion_settings(model, settings.fusion_alpha, settings.fusion_beta, settings.fusion_layers)
-    return replace(settings, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=list(layers))
+    alpha, beta, layers, alignment = resolve_fusion_settings(
+        model, settings.fusion_alpha, settings.fusion_beta, settings.fusion_layers, settings.fusion_alignment
+    )
+    return replace(settings, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=list(layers), fusion_alignment=alignment)
 
 
 def distributed_state():

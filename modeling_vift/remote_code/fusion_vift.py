@@ -140,29 +140,25 @@ def derive_text_only_prompt(input_ids, attention_mask, image_token_id, pad_token
     return left_align(input_ids, keep.long(), pad_token_id)
 
 
-def resolve_fusion_settings(model, fusion_alpha, fusion_beta, fusion_layers):
-    """Call arguments, else the generation config, else the model config; validated."""
-    gen, cfg = model.generation_config, model.config
-    alpha = fusion_alpha if fusion_alpha is not None else getattr(gen, "fusion_alpha", None)
-    beta = fusion_beta if fusion_beta is not None else getattr(gen, "fusion_beta", None)
-    layers = fusion_layers if fusion_layers is not None else getattr(gen, "fusion_layers", None)
-    alpha = cfg.fusion_alpha if alpha is None else alpha
-    beta = cfg.fusion_beta if beta is None else beta
-    layers = cfg.fusion_layers if layers is None else layers
-    alpha, beta = check_fusion_weights(alpha, beta)
-    layers = check_fusion_layers(layers, cfg.text_config.num_hidden_layers)
-    return alpha, beta, layers
+FUSION_SETTING_NAMES = ("fusion_alpha", "fusion_beta", "fusion_layers", "fusion_alignment")
 
 
-def resolve_fusion_alignment(model, fusion_alignment=None):
-    """The fusion alignment: the call's, else the generation config's, else the model config's (else "right");
-    validated."""
-    alignment = check_fusion_alignment(fusion_alignment)
-    if alignment is None:
-        alignment = check_fusion_alignment(getattr(model.generation_config, "fusion_alignment", None))
-    if alignment is None:
-        alignment = check_fusion_alignment(getattr(model.config, "fusion_alignment", None))
-    return alignment or "right"
+def resolve_fusion_settings(model, fusion_alpha=None, fusion_beta=None, fusion_layers=None, fusion_alignment=None):
+    """The fusion settings `(alpha, beta, layers, alignment)` fused generation uses: each the call's argument, else
+    the generation config's, else the model config's (the alignment, else "right", the authors'); validated here,
+    the one place that does, whichever source a value came from."""
+    call = {"fusion_alpha": fusion_alpha, "fusion_beta": fusion_beta, "fusion_layers": fusion_layers,
+            "fusion_alignment": fusion_alignment}
+    chosen = {}
+    for name in FUSION_SETTING_NAMES:
+        for value in (call[name], getattr(model.generation_config, name, None), getattr(model.config, name, None)):
+            if value is not None:
+                break
+        chosen[name] = value
+    alpha, beta = check_fusion_weights(chosen["fusion_alpha"], chosen["fusion_beta"])
+    layers = check_fusion_layers(chosen["fusion_layers"], model.config.text_config.num_hidden_layers)
+    alignment = check_fusion_alignment(chosen["fusion_alignment"]) or "right"
+    return alpha, beta, layers, alignment
 
 
 def _check_left_padded(mask, name):
@@ -313,8 +309,9 @@ def fused_generate(model, generate_fn, input_ids=None, attention_mask=None, pixe
             "Fused generation needs input_ids (the multimodal prompt): with inputs_embeds only, the text-only prompt "
             "and the image positions cannot be recovered. Pass input_ids, or generate with fusion=False."
         )
-    alpha, beta, layer_range = resolve_fusion_settings(model, fusion_alpha, fusion_beta, fusion_layers)
-    alignment = resolve_fusion_alignment(model, fusion_alignment)
+    alpha, beta, layer_range, alignment = resolve_fusion_settings(
+        model, fusion_alpha, fusion_beta, fusion_layers, fusion_alignment
+    )
     for name in ("prefill_chunk_size", "assistant_model", "prompt_lookup_num_tokens"):
         config_value = getattr(generate_kwargs.get("generation_config"), name, None)
         if generate_kwargs.get(name) is not None or config_value is not None:
