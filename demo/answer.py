@@ -7,7 +7,7 @@ python demo/answer.py --folder demo_output/vift-demo --image demo_output/data/im
 
 Only transformers and PIL are imported here (never `modeling_vift`): the model, processor and fused generation come
 from the code files saved next to the weights (`trust_remote_code=True`). It prints plain and fused answers; the fused
-one uses the alpha/beta/layers saved in the folder's config (the demo writes the values it tuned).
+one uses the alpha/beta/layers/alignment saved in the folder's config (the demo writes the values it tuned).
 """
 
 import json
@@ -20,7 +20,7 @@ class AnswerArguments:
     folder: str = field(metadata={"help": "a saved ViFT model + processor folder"})
     image: list[str] = field(metadata={"help": "image file(s), in the order of the question"})
     question: str = field(metadata={"help": "the question about the image(s)"})
-    max_new_tokens: int = 16
+    max_new_tokens: int = 100
     json: bool = field(default=False, metadata={"help": "print one JSON line instead of text"})
 
 
@@ -59,7 +59,8 @@ def main(argv=None):
         "plain": tokenizer.decode(plain[0, length:], skip_special_tokens=True).strip(),
         "fused": tokenizer.decode(fused[0, length:], skip_special_tokens=True).strip(),
         "fusion": {"alpha": model.config.fusion_alpha, "beta": model.config.fusion_beta,
-                   "layers": list(model.config.fusion_layers)},
+                   "layers": list(model.config.fusion_layers),
+                   "alignment": getattr(model.config, "fusion_alignment", "right")},
     }
     if args.json:
         print(json.dumps(result))

@@ -20,6 +20,8 @@ from .world import final_answer, parse_caption, textual_prompt, visual_messages
 
 _PUNCT = re.compile(r"[^\w\s]")
 
+progress_stream = None  # where generation progress bars go (the demo points it at the console; None: stderr)
+
 
 def normalize(text):
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
@@ -129,10 +131,12 @@ def generate(model, processor, prompts, images=None, fusion=None, batch_size=64,
     text-only prompt q returned by the processor (`return_text_only=True`: the same chat prompt, images removed)."""
     fusion_kwargs = None
     if fusion is not None:
-        alpha, beta, layers = fusion
+        alpha, beta, layers, *alignment = fusion
         fusion_kwargs = dict(fusion=True, fusion_alpha=alpha, fusion_beta=beta, fusion_layers=tuple(layers))
+        if alignment:
+            fusion_kwargs["fusion_alignment"] = alignment[0]
     answers = []
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=desc is None, ncols=90)
+    bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=desc is None, ncols=90, file=progress_stream)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         batch_images = [im for row in images[start:start + batch_size] for im in row] if images else None
@@ -147,7 +151,7 @@ def generate(model, processor, prompts, images=None, fusion=None, batch_size=64,
 def generate_text(model, tokenizer, prompts, batch_size=64, max_new_tokens=8, desc=None):
     """Greedy answers of a text-only causal LM to rendered prompts."""
     answers = []
-    bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=desc is None, ncols=90)
+    bar = tqdm(total=len(prompts), desc=desc, leave=False, disable=desc is None, ncols=90, file=progress_stream)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         inputs = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)

@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -83,18 +84,96 @@ def resolve(path):
 # ----------------------------------------------------------------------------------------------- reporting
 
 
+class Console:
+    """Where the user's view of the run goes, while everything else (trainer logs, library warnings) goes to a log
+    file: with `log_path`, file descriptors 1 and 2 point at the log for the duration (so even output of C code and
+    child processes lands there) and `print` / progress bars write to a duplicate of the original stdout."""
+
+    def __init__(self, log_path=None):
+        self.log_path = log_path
+        self.stream = sys.stdout
+        self._saved = None
+
+    def __enter__(self):
+        if self.log_path:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self._saved = (os.dup(1), os.dup(2))
+            self.stream = os.fdopen(os.dup(1), "w", buffering=1)
+            self._log = open(self.log_path, "a", buffering=1)
+            os.dup2(self._log.fileno(), 1)
+            os.dup2(self._log.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self._saved[0], 1)
+            os.dup2(self._saved[1], 2)
+            for fd in self._saved:
+                os.close(fd)
+            self._log.close()
+            self.stream.close()
+            self._saved = None
+            self.stream = sys.stdout
+
+    def print(self, *args):
+        print(*args, file=self.stream, flush=True)
+        if self._saved:
+            print(*args, flush=True)  # the log keeps the table too
+
+
 class Table:
     """Prints one row per finished step, as the run goes, and keeps the rows for the summary."""
 
-    def __init__(self):
+    def __init__(self, console):
         self.rows = []
+        self.console = console
         self.start = time.time()
-        print(f"{'step':<34}{'seconds':>9}  result", flush=True)
-        print("-" * 96, flush=True)
+        console.print(f"{'step':<34}{'seconds':>9}  result")
+        console.print("-" * 96)
 
     def row(self, step, seconds, result):
         self.rows.append({"step": step, "seconds": round(seconds, 1), "result": result})
-        print(f"{step:<34}{seconds:>9.1f}  {result}", flush=True)
+        self.console.print(f"{step:<34}{seconds:>9.1f}  {result}")
+
+
+class StageProgress:
+    """One progress bar per training stage on the console: a `TrainerCallback` added to every trainer built while
+    the context is open (transformers' `DEFAULT_CALLBACKS`), so TRL's own `sft` script and the recipes show it too."""
+
+    def __init__(self, console, name):
+        self.console, self.name = console, name
+
+    def __enter__(self):
+        from tqdm.auto import tqdm
+        from transformers import TrainerCallback
+        from transformers import trainer as trainer_module
+
+        console, name = self.console, self.name
+
+        class _Bar(TrainerCallback):
+            bar = None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.bar = tqdm(total=state.max_steps, desc=name, file=console.stream, leave=False, ncols=90)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if self.bar is not None:
+                    self.bar.update(state.global_step - self.bar.n)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if self.bar is not None:
+                    self.bar.close()
+
+        self._module = trainer_module
+        self._callback = _Bar
+        trainer_module.DEFAULT_CALLBACKS.append(_Bar)
+        return self
+
+    def __exit__(self, *exc):
+        self._module.DEFAULT_CALLBACKS.remove(self._callback)
 
 
 class Timer:
@@ -309,22 +388,23 @@ def evaluate(model, processor, paths, world_config, settings, table):
         plain_val = ev.accuracy(ev.generate(model, processor, val_prompts, val_images, None, batch, max_new,
                                             desc="val plain"), val)
         grid = []
-        configs = [(a, b, tuple(layers)) for layers in settings["layer_ranges"] for a in settings["alphas"]
-                   for b in settings["betas"]]
-        for alpha, beta, layers in configs:
-            answers = ev.generate(model, processor, val_prompts, val_images, (alpha, beta, layers), batch, max_new,
-                                  desc=f"val fused a={alpha} b={beta} L={list(layers)}")
-            grid.append({"alpha": alpha, "beta": beta, "layers": list(layers), **ev.accuracy(answers, val)})
+        configs = [(a, b, tuple(layers), alignment) for alignment in settings.get("alignments", ["right"])
+                   for layers in settings["layer_ranges"] for a in settings["alphas"] for b in settings["betas"]]
+        for alpha, beta, layers, alignment in configs:
+            answers = ev.generate(model, processor, val_prompts, val_images, (alpha, beta, layers, alignment), batch,
+                                  max_new, desc=f"val fused a={alpha} b={beta} L={list(layers)} {alignment}")
+            grid.append({"alpha": alpha, "beta": beta, "layers": list(layers), "alignment": alignment,
+                         **ev.accuracy(answers, val)})
     # Highest validation accuracy; ties go to the earliest grid entry (the config lists the milder settings first).
     best = max(grid, key=lambda g: g["accuracy"])
-    chosen = {"alpha": best["alpha"], "beta": best["beta"], "layers": best["layers"]}
+    chosen = {"alpha": best["alpha"], "beta": best["beta"], "layers": best["layers"], "alignment": best["alignment"]}
     results["validation"] = {"plain": plain_val, "grid": grid, "chosen": chosen}
     table.row("tune fusion on val", t.seconds,
               f"plain {plain_val['accuracy']:.3f} | best fused {best['accuracy']:.3f} at a={best['alpha']} "
               f"b={best['beta']} layers={best['layers']} ({len(grid)} settings)")
 
     with Timer() as t:
-        fusion = (chosen["alpha"], chosen["beta"], tuple(chosen["layers"]))
+        fusion = (chosen["alpha"], chosen["beta"], tuple(chosen["layers"]), chosen["alignment"])
         plain_answers = ev.generate(model, processor, test_prompts, test_images, None, batch, max_new, desc="test plain")
         fused_answers = ev.generate(model, processor, test_prompts, test_images, fusion, batch, max_new,
                                     desc="test fused")
@@ -338,6 +418,13 @@ def evaluate(model, processor, paths, world_config, settings, table):
         "fused": ev.accuracy(fused_answers, test),
         "text_only_prompt": ev.accuracy(blind_answers, test),
         "true_description": ev.accuracy(textual_answers, test),
+    }
+    correct = {name: [ev.is_correct(a, r) for a, r in zip(answers, test)]
+               for name, answers in (("plain", plain_answers), ("fused", fused_answers),
+                                     ("text_only_prompt", blind_answers))}
+    results["comparisons"] = {
+        "fused_minus_plain": paired_bootstrap(correct["fused"], correct["plain"]),
+        "fused_minus_text_only_prompt": paired_bootstrap(correct["fused"], correct["text_only_prompt"]),
     }
     results["test_examples"] = [
         {"question": r["question"], "images": r["images"], "answer": r["answer"], "plain": p, "fused": f}
@@ -376,19 +463,21 @@ def plot_heatmap(grid, plain_accuracy, path):
     import matplotlib.pyplot as plt
 
     layer_ranges = sorted({tuple(g["layers"]) for g in grid})
+    alignments = list(dict.fromkeys(g.get("alignment", "right") for g in grid))
     alphas = sorted({g["alpha"] for g in grid})
     betas = sorted({g["beta"] for g in grid})
-    fig, axes = plt.subplots(1, len(layer_ranges), figsize=(3.2 * len(layer_ranges) + 1, 3.2), squeeze=False)
-    lookup = {(g["alpha"], g["beta"], tuple(g["layers"])): g["accuracy"] for g in grid}
+    panels = [(layers, alignment) for alignment in alignments for layers in layer_ranges]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.2), squeeze=False)
+    lookup = {(g["alpha"], g["beta"], tuple(g["layers"]), g.get("alignment", "right")): g["accuracy"] for g in grid}
     image = None
-    for ax, layers in zip(axes[0], layer_ranges):
-        values = [[lookup[(a, b, layers)] for b in betas] for a in alphas]
+    for ax, (layers, alignment) in zip(axes[0], panels):
+        values = [[lookup[(a, b, layers, alignment)] for b in betas] for a in alphas]
         image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", origin="lower")
         ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("beta")
         ax.set_ylabel("alpha")
-        ax.set_title(f"layers [{layers[0]}, {layers[1]})")
+        ax.set_title(f"layers [{layers[0]}, {layers[1]}), {alignment}", fontsize=9)
         for i, row in enumerate(values):
             for j, value in enumerate(row):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black",
@@ -407,7 +496,8 @@ def save_final_model(model, processor, chosen, folder):
     import modeling_vift  # noqa: F401  (registers the auto classes: the folder gets the remote-code files)
     from modeling_vift.evaluation import apply_fusion_setting
 
-    apply_fusion_setting(model, {"fusion_alpha": chosen["alpha"], "fusion_beta": chosen["beta"], "fusion_layers": chosen["layers"]})
+    apply_fusion_setting(model, {"fusion_alpha": chosen["alpha"], "fusion_beta": chosen["beta"],
+                                 "fusion_layers": chosen["layers"], "fusion_alignment": chosen.get("alignment", "right")})
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -431,30 +521,39 @@ def reload_in_fresh_process(folder, record, image_folder, work_dir, timeout=300)
 # ----------------------------------------------------------------------------------------------- main
 
 
-def run_demo(config, output_dir, reload=True):
-    """Runs the whole demo into `output_dir` and returns the results dict (also written to results.json)."""
+def run_demo(config, output_dir, reload=True, verbose=True):
+    """Runs the whole demo into `output_dir` and returns the results dict (also written to results.json). With
+    `verbose=False` the console shows the step table, one progress bar per stage and the summary, and everything
+    else (trainer logs, library warnings) goes to `output_dir/demo.log`."""
     import torch
 
+    os.makedirs(output_dir, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(config.get("threads", 1)))
+    log_path = None if verbose else os.path.join(output_dir, "demo.log")
+    if log_path and os.path.exists(log_path):
+        os.remove(log_path)
     try:
-        return _run_demo(config, output_dir, reload)
+        with Console(log_path) as console:
+            return _run_demo(config, output_dir, reload, console)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_demo(config, output_dir, reload):
+def _run_demo(config, output_dir, reload, console):
     import torch
 
+    from . import grading
     from . import tokenizer as demo_tokenizer
     from .world import WorldConfig, build_world, corpus
 
     started = time.time()
     seed = int(config.get("seed", 0))
     quiet_training_logs()
-    os.makedirs(output_dir, exist_ok=True)
+    grading.progress_stream = console.stream
     data_dir, models_dir = os.path.join(output_dir, "data"), os.path.join(output_dir, "models")
-    table = Table()
+    console.print(f"ViFT demo, seed {seed}: {output_dir}" + (f" (full log: {console.log_path})" if console.log_path else ""))
+    table = Table(console)
     results = {"seed": seed, "config": config, "threads": torch.get_num_threads()}
 
     with Timer() as t:
@@ -472,20 +571,20 @@ def _run_demo(config, output_dir, reload):
     table.row("vision tower (SigLIP stand-in)", t.seconds,
               "cell probe accuracy " + " ".join(f"{k} {v:.2f}" for k, v in probe.items()))
 
-    stages = config["stages"]
+    stages = {name: seeded(stage, seed) for name, stage in config["stages"].items()}
     stage0_dir, stage1_dir, stage2_dir = (os.path.join(models_dir, n) for n in ("stage0-lm", "stage1", "stage2"))
     commands = {}
-    with Timer() as t:
+    with Timer() as t, StageProgress(console, "stage 0"):
         commands["stage0"] = run_stage0(stages["stage0"], lm_dir, stage_data["stage0"], stage0_dir)
         stage0_qa = text_qa_of_language_model(stage0_dir, paths["text_eval"], config["evaluation"])
     results["stage0_text_qa"] = stage0_qa
     table.row("stage 0: LM on text tasks (TRL)", t.seconds, f"text-only QA accuracy {stage0_qa['accuracy']:.3f}")
-    with Timer() as t:
+    with Timer() as t, StageProgress(console, "stage 1"):
         commands["stage1"], losses = run_vift_stage(
             1, stages["stage1"], ["--model_name_or_path", stage0_dir, "--vision_tower_name_or_path", vision_dir],
             stage_data["stage1"], stage1_dir)
     table.row("stage 1: projector on captions", t.seconds, f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    with Timer() as t:
+    with Timer() as t, StageProgress(console, "stage 2"):
         commands["stage2"], losses = run_vift_stage(
             2, stages["stage2"], ["--model_name_or_path", stage1_dir], stage_data["stage2"], stage2_dir)
     table.row("stage 2: captions + text tasks", t.seconds, f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
@@ -513,29 +612,96 @@ def _run_demo(config, output_dir, reload):
     results["seconds"] = {"training": round(training_seconds, 1), "total": round(time.time() - started, 1),
                           "steps": table.rows}
     results["paths"] = {"model": final_dir, "heatmap": plot_path, "results": os.path.join(output_dir, "results.json")}
+    if console.log_path:
+        results["paths"]["log"] = console.log_path
     with open(results["paths"]["results"], "w") as f:
         json.dump(results, f, indent=1, default=str)
-    print_summary(results)
+    print_summary(results, console)
     return results
 
 
-def print_summary(results):
+def seeded(stage, seed):
+    """A stage entry whose trainer seed is the demo's seed (unless the stage's overrides set one)."""
+    stage = dict(stage)
+    stage["overrides"] = {"seed": seed, **(stage.get("overrides") or {})}
+    return stage
+
+
+def paired_bootstrap(first, second, samples=2000, seed=0):
+    """Mean of `first - second` (per-question 0/1 correctness, same questions) and its 95 % bootstrap interval
+    (questions resampled with replacement, percentile method, fixed seed)."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"paired_bootstrap needs two equally long non-empty lists, got {len(first)} and {len(second)}.")
+    rng = random.Random(seed)
+    n = len(first)
+    diffs = [a - b for a, b in zip(first, second)]
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return {"difference": sum(diffs) / n, "low": means[int(0.025 * samples)], "high": means[int(0.975 * samples) - 1],
+            "samples": samples}
+
+
+def print_summary(results, console=None):
+    say = console.print if console else print
     test, chosen = results["test"], results["validation"]["chosen"]
-    print()
-    print(f"Never-seen visual instructions, test split ({test['plain']['count']} questions):")
-    print(f"  {'':<34}{'accuracy':>9}")
-    print(f"  {'plain multimodal generation':<34}{test['plain']['accuracy']:>9.3f}")
-    print(f"  {'fused generation (ViFT)':<34}{test['fused']['accuracy']:>9.3f}"
-          f"   alpha={chosen['alpha']} beta={chosen['beta']} layers={chosen['layers']} (tuned on val)")
-    print(f"  {'control: text-only prompt, no image':<34}{test['text_only_prompt']['accuracy']:>9.3f}")
-    print(f"  {'control: true description as text':<34}{test['true_description']['accuracy']:>9.3f}")
+    say("")
+    say(f"Never-seen visual instructions, test split ({test['plain']['count']} questions):")
+    say(f"  {'':<38}{'accuracy':>9}")
+    say(f"  {'plain multimodal generation':<38}{test['plain']['accuracy']:>9.3f}")
+    say(f"  {'fused generation (ViFT)':<38}{test['fused']['accuracy']:>9.3f}"
+        f"   alpha={chosen['alpha']} beta={chosen['beta']} layers={chosen['layers']} "
+        f"alignment={chosen.get('alignment', 'right')} (tuned on val)")
+    say(f"  {'control: text-only prompt, no image':<38}{test['text_only_prompt']['accuracy']:>9.3f}")
+    say(f"  {'control: true description as text':<38}{test['true_description']['accuracy']:>9.3f}")
+    for name, key in (("plain", "fused_minus_plain"), ("the no-image control", "fused_minus_text_only_prompt")):
+        if key in results.get("comparisons", {}):
+            c = results["comparisons"][key]
+            say(f"  fused - {name}: {c['difference']:+.3f} (95% bootstrap interval {c['low']:+.3f} .. {c['high']:+.3f})")
     kinds = sorted(test["plain"]["by_kind"])
-    print("  by kind (plain -> fused): " + ", ".join(
+    say("  by kind (plain -> fused): " + ", ".join(
         f"{k} {test['plain']['by_kind'][k]:.2f}->{test['fused']['by_kind'][k]:.2f}" for k in kinds))
-    print(f"Perception: caption exact {results['captions']['exact']:.3f}; "
-          f"task solving: text-only QA {results['text_qa']['accuracy']:.3f}")
-    print(f"Run time {results['seconds']['total']:.0f} s (training {results['seconds']['training']:.0f} s). "
-          f"Results: {results['paths']['results']}; heatmap: {results['paths']['heatmap']}")
+    say(f"Perception: caption exact {results['captions']['exact']:.3f}; "
+        f"task solving: text-only QA {results['text_qa']['accuracy']:.3f}")
+    say(f"Run time {results['seconds']['total']:.0f} s (training {results['seconds']['training']:.0f} s). "
+        f"Results: {results['paths']['results']}; heatmap: {results['paths']['heatmap']}")
+
+
+def run_seeds(config, output_dir, seeds, verbose=False):
+    """The demo once per seed (`output_dir/seed_<n>`), then one table over the seeds: each condition's accuracy per
+    seed, mean, min and max, and whether fused beats plain and the no-image control on every seed."""
+    runs = {}
+    for seed in seeds:
+        runs[seed] = run_demo({**config, "seed": seed}, os.path.join(output_dir, f"seed_{seed}"), reload=False,
+                              verbose=verbose)
+    conditions = ("plain", "fused", "text_only_prompt", "true_description")
+    rows = {c: [runs[s]["test"][c]["accuracy"] for s in seeds] for c in conditions}
+    rows["caption_exact"] = [runs[s]["captions"]["exact"] for s in seeds]
+    summary = {
+        "seeds": list(seeds),
+        "accuracy": {c: {"per_seed": v, "mean": sum(v) / len(v), "min": min(v), "max": max(v)} for c, v in rows.items()},
+        "chosen": {s: runs[s]["validation"]["chosen"] for s in seeds},
+        "comparisons": {s: runs[s].get("comparisons", {}) for s in seeds},
+        "fused_beats_plain_on_every_seed": all(
+            runs[s]["test"]["fused"]["accuracy"] > runs[s]["test"]["plain"]["accuracy"] for s in seeds),
+        "fused_beats_no_image_on_every_seed": all(
+            runs[s]["test"]["fused"]["accuracy"] > runs[s]["test"]["text_only_prompt"]["accuracy"] for s in seeds),
+        "seconds": {s: runs[s]["seconds"]["total"] for s in seeds},
+    }
+    with open(os.path.join(output_dir, "seeds.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print()
+    print(f"Test accuracy over seeds {list(seeds)} ({runs[seeds[0]]['test']['plain']['count']} questions each):")
+    print(f"  {'':<38}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds) + f"{'mean':>9}{'min':>9}{'max':>9}")
+    names = {"plain": "plain multimodal generation", "fused": "fused generation (ViFT)",
+             "text_only_prompt": "control: text-only prompt, no image",
+             "true_description": "control: true description as text", "caption_exact": "perception: exact captions"}
+    for c, name in names.items():
+        a = summary["accuracy"][c]
+        print(f"  {name:<38}" + "".join(f"{v:>9.3f}" for v in a["per_seed"]) + f"{a['mean']:>9.3f}{a['min']:>9.3f}"
+              f"{a['max']:>9.3f}")
+    print(f"  fused > plain on every seed: {summary['fused_beats_plain_on_every_seed']}; "
+          f"fused > no-image control on every seed: {summary['fused_beats_no_image_on_every_seed']}")
+    print(f"Summary: {os.path.join(output_dir, 'seeds.json')}")
+    return summary
 
 
 @dataclass
@@ -543,6 +709,12 @@ class DemoArguments:
     config: str = field(default=DEFAULT_CONFIG, metadata={"help": "demo YAML (default: demo/configs/demo.yaml)"})
     output_dir: str | None = field(default=None, metadata={"help": "where everything is written (default: from the config)"})
     no_reload: bool = field(default=False, metadata={"help": "skip the fresh-process reload check"})
+    seeds: list[int] | None = field(
+        default=None, metadata={"help": "run the demo once per seed (output_dir/seed_<n>) and print the spread, "
+                                "e.g. --seeds 0 1 2"})
+    verbose: bool = field(
+        default=False, metadata={"help": "show trainer logs and library warnings on the console (by default they go "
+                                 "to <output_dir>/demo.log)"})
 
 
 def main(argv=None):
@@ -551,4 +723,6 @@ def main(argv=None):
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)
     config = load_config(args.config)
     output_dir = args.output_dir or config.get("output_dir", "demo_output")
-    return run_demo(config, output_dir, reload=not args.no_reload)
+    if args.seeds:
+        return run_seeds(config, output_dir, args.seeds, verbose=args.verbose)
+    return run_demo(config, output_dir, reload=not args.no_reload, verbose=args.verbose)

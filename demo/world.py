@@ -92,15 +92,16 @@ class WorldConfig:
                 f"Need 1 <= min_objects <= max_objects <= grid*grid ({self.grid * self.grid}); got "
                 f"min_objects={self.min_objects}, max_objects={self.max_objects}."
             )
-        if self.demon_fraction > 0 and self.min_objects == self.max_objects:
-            raise ValueError(
-                "The two-image tasks compare numbers of shapes, so they need min_objects < max_objects; got "
-                f"{self.min_objects} == {self.max_objects}. Set demon_fraction: 0 for a fixed number of objects."
-            )
 
     @property
     def image_size(self):
         return self.grid * self.cell
+
+    @property
+    def fixed_count(self):
+        """Every scene has the same number of shapes: questions whose answer would then be a constant (how many
+        shapes, how many after adding some, which image has more) are not asked; a change never adds or removes one."""
+        return self.min_objects == self.max_objects
 
     @property
     def positions(self):
@@ -116,11 +117,17 @@ def random_scene(rng, config):
     return Scene(tuple(Shape(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), c) for c in cells))
 
 
+def change_options(config):
+    """What can change between the two images of a change task (never the number of shapes when it is fixed)."""
+    return tuple(k for k in CHANGE_OPTIONS if not (config.fixed_count and k == "number"))
+
+
 def changed_scene(rng, scene, config):
     """A copy of `scene` with exactly one kind of change; returns (new scene, change kind)."""
     objects = list(scene.objects)
     free = [c for c in range(config.grid * config.grid) if c not in {o.cell for o in objects}]
-    kind = rng.choice([k for k in CHANGE_OPTIONS if free or k != "position"])  # a full board cannot move a shape
+    kinds = change_options(config)
+    kind = rng.choice([k for k in kinds if free or k != "position"])  # a full board cannot move a shape
     if kind == "number" and (len(objects) == config.max_objects or (rng.random() < 0.5 and len(objects) > 1)):
         objects.pop(rng.randrange(len(objects)))
     elif kind == "number":
@@ -259,8 +266,9 @@ def cell_labels(scene, config):
 def single_question(rng, scene, config):
     """One question about one scene: (kind, question text, answer, choices or None)."""
     objects = scene.objects
-    makers = [_ask_colour, _ask_shape, _ask_size, _ask_count, _ask_count_attr, _ask_exists, _ask_compare,
-              _ask_total, _ask_add]
+    makers = [_ask_colour, _ask_shape, _ask_size, _ask_position, _ask_exists]
+    if not config.fixed_count:  # with a fixed number of shapes these are answered well from the priors alone
+        makers += [_ask_count, _ask_count_attr, _ask_compare, _ask_total, _ask_add]
     while True:
         made = rng.choice(makers)(rng, scene, objects, config)
         if made is not None:
@@ -288,6 +296,13 @@ def _ask_size(rng, scene, objects, config):
     return "attribute", f"Is the {o.colour} {o.shape} small or large? {ONE_WORD}", o.size, None
 
 
+def _ask_position(rng, scene, objects, config):
+    o = rng.choice(objects)
+    if scene.unique(colour=o.colour, shape=o.shape) is None:
+        return None
+    return "attribute", f"Where is the {o.colour} {o.shape}? Answer with its position.", config.positions[o.cell], None
+
+
 def _ask_count(rng, scene, objects, config):
     n = len(objects)
     if rng.random() < 0.5:
@@ -306,13 +321,16 @@ def _ask_count_attr(rng, scene, objects, config):
 
 
 def _ask_exists(rng, scene, objects, config):
-    if rng.random() < 0.5:
-        shape = rng.choice(SHAPES)
-        answer = "yes" if scene.count(shape=shape) else "no"
-        return "yes/no", f"Is there a {shape}? {YES_NO}", answer, None
-    colour = rng.choice(list(COLOURS))
-    answer = "yes" if scene.count(colour=colour) else "no"
-    return "yes/no", f"Is there a {colour} shape? {YES_NO}", answer, None
+    """Balanced yes/no: half the time about an attribute a shape of the scene has, else one no shape has (so the
+    answer cannot be guessed from how often "no" is right)."""
+    by_shape = rng.random() < 0.5
+    present = {o.shape for o in objects} if by_shape else {o.colour for o in objects}
+    options = SHAPES if by_shape else tuple(COLOURS)
+    absent = [v for v in options if v not in present]
+    value = rng.choice(sorted(present)) if rng.random() < 0.5 or not absent else rng.choice(absent)
+    answer = "yes" if value in present else "no"
+    question = f"Is there a {value}? {YES_NO}" if by_shape else f"Is there a {value} shape? {YES_NO}"
+    return "yes/no", question, answer, None
 
 
 def _ask_compare(rng, scene, objects, config):
@@ -339,7 +357,7 @@ def _ask_add(rng, scene, objects, config):
 def pair_question(rng, config):
     """A DEMON-style two-image task: (scene 1, scene 2, kind, question, answer, choices)."""
     first = random_scene(rng, config)
-    if rng.random() < 0.5:
+    if not config.fixed_count and rng.random() < 0.5:
         second = random_scene(rng, config)
         while len(second.objects) == len(first.objects):
             second = random_scene(rng, config)
@@ -347,9 +365,9 @@ def pair_question(rng, config):
         question = "Which of the two images has more shapes? Answer first or second."
         return first, second, "two images", question, answer, ("first", "second")
     second, kind = changed_scene(rng, first, config)
-    options = ", ".join(CHANGE_OPTIONS)
-    question = f"What changed from image 1 to image 2? Choose one of: {options}."
-    return first, second, "two images", question, kind, CHANGE_OPTIONS
+    options = change_options(config)
+    question = f"What changed from image 1 to image 2? Choose one of: {', '.join(options)}."
+    return first, second, "two images", question, kind, options
 
 
 # ----------------------------------------------------------------------------------------------- prompts

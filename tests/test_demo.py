@@ -34,11 +34,32 @@ def _in_unit_range(value):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from demo.run import run_demo
+    """The smoke demo as a user runs it (`python -m demo`, quiet console), its console output kept for the tests."""
+    import subprocess
+    import sys
 
     out = tmp_path_factory.mktemp("demo_smoke")
-    results = run_demo(load_config(SMOKE), str(out))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "demo", "--config", SMOKE, "--output_dir", str(out)], cwd=root,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    results["console"] = done.stdout + done.stderr
     return out, results
+
+
+def test_smoke_run_console_shows_the_table_and_keeps_trainer_logs_and_warnings_in_the_log(smoke_run):
+    out, results = smoke_run
+    console = results["console"]
+    for line in ("stage 0: LM on text tasks (TRL)", "stage 2: captions + text tasks", "fused generation (ViFT)",
+                 "fused - plain:", "95% bootstrap interval"):
+        assert line in console, line
+    for noise in ("{'loss'", "train_runtime", "Warning", "warn(", "skip report"):
+        assert noise not in console, noise
+    with open(os.path.join(out, "demo.log")) as f:
+        log = f.read()
+    assert "'loss'" in log and "skip report" in log and "fused generation (ViFT)" in log
 
 
 def test_smoke_run_writes_model_results_and_heatmap(smoke_run):
@@ -63,11 +84,15 @@ def test_smoke_run_metrics_are_computed_and_in_range(smoke_run):
         assert test[condition]["count"] == 10
         assert all(_in_unit_range(v) for v in test[condition]["by_kind"].values())
     grid = results["validation"]["grid"]
-    assert len(grid) == 2 and all(_in_unit_range(g["accuracy"]) and g["count"] == 6 for g in grid)
+    assert len(grid) == 4 and all(_in_unit_range(g["accuracy"]) and g["count"] == 6 for g in grid)
+    assert {g["alignment"] for g in grid} == {"right", "token"}
     chosen = results["validation"]["chosen"]
     assert max(g["accuracy"] for g in grid) == next(
-        g["accuracy"] for g in grid if (g["alpha"], g["beta"], g["layers"]) == (chosen["alpha"], chosen["beta"],
-                                                                                chosen["layers"]))
+        g["accuracy"] for g in grid if (g["alpha"], g["beta"], g["layers"], g["alignment"]) == (
+            chosen["alpha"], chosen["beta"], chosen["layers"], chosen["alignment"]))
+    for name in ("fused_minus_plain", "fused_minus_text_only_prompt"):
+        c = results["comparisons"][name]
+        assert c["low"] <= c["difference"] <= c["high"] and -1.0 <= c["low"] and c["high"] <= 1.0
     for key in ("exact", "object_precision", "object_recall"):
         assert _in_unit_range(results["captions"][key])
     assert _in_unit_range(results["text_qa"]["accuracy"]) and _in_unit_range(results["stage0_text_qa"]["accuracy"])
@@ -82,7 +107,8 @@ def test_smoke_run_reloads_through_remote_code_in_a_fresh_process(smoke_run):
     assert isinstance(reload["plain"], str) and isinstance(reload["fused"], str)
     assert reload["fusion"] == {"alpha": results["validation"]["chosen"]["alpha"],
                                 "beta": results["validation"]["chosen"]["beta"],
-                                "layers": results["validation"]["chosen"]["layers"]}
+                                "layers": results["validation"]["chosen"]["layers"],
+                                "alignment": results["validation"]["chosen"]["alignment"]}
     with open(os.path.join(out, "vift-demo", "config.json")) as f:
         assert json.load(f)["fusion_layers"] == results["validation"]["chosen"]["layers"]
 
@@ -115,9 +141,37 @@ def test_world_config_rejects_bad_sizes():
         WorldConfig(grid=5)
     with pytest.raises(ValueError, match="max_objects"):
         WorldConfig(max_objects=9)
-    with pytest.raises(ValueError, match="min_objects < max_objects"):
-        WorldConfig(min_objects=2, max_objects=2)
-    WorldConfig(min_objects=2, max_objects=2, demon_fraction=0.0)
+
+
+def test_a_world_with_a_fixed_number_of_shapes_asks_only_questions_that_need_the_image():
+    from demo.world import _instance, changed_scene
+
+    config = WorldConfig(min_objects=1, max_objects=1)
+    rng = random.Random(0)
+    questions = [_instance(rng, config) for _ in range(400)]
+    assert not any("How many" in q or "more " in q or "are added" in q for _, _, q, _, _ in questions)
+    yes_no = [a for _, kind, _, a, _ in questions if kind == "yes/no"]
+    assert 0.4 < yes_no.count("yes") / len(yes_no) < 0.6
+    assert any("Where is the" in q for _, _, q, _, _ in questions)
+    changes = [q for q in questions if q[1] == "two images"]
+    assert changes and all(q[4] == ("colour", "shape", "size", "position") and q[3] in q[4] for q in changes)
+    for _ in range(100):
+        scene = random_scene(rng, config)
+        new, kind = changed_scene(rng, scene, config)
+        assert kind != "number" and len(new.objects) == 1 and scene_facts(new, config) != scene_facts(scene, config)
+
+
+def test_paired_bootstrap_interval_holds_the_difference_and_is_deterministic():
+    from demo.run import paired_bootstrap
+
+    first, second = [1] * 30 + [0] * 70, [1] * 10 + [0] * 90
+    result = paired_bootstrap(first, second)
+    assert result["difference"] == pytest.approx(0.2)
+    assert 0.0 < result["low"] < 0.2 < result["high"] < 0.4
+    assert paired_bootstrap(first, second) == result
+    assert paired_bootstrap([1, 0], [1, 0])["low"] == 0.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1], [1, 0])
 
 
 def test_changed_scene_changes_one_thing_even_on_a_full_board():
