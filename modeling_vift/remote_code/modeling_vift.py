@@ -470,6 +470,11 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             model = cls(config)
         model.model.vision_tower = vision
         model.model.language_model = causal_lm.get_decoder()
+        # One config object per tower, as in a model built from its config: the towers' attention layers read
+        # their own config, and `set_attn_implementation` changes (and checks) a sub-config through the sub-model
+        # that holds it; a copy would be set unchecked ("undefined behavior") and would not reach the layers.
+        config.vision_config = vision.config
+        config.text_config = causal_lm.config
         model.lm_head = causal_lm.get_output_embeddings()
         projector = ViFTMultiModalProjector(config).to(dtype=next(causal_lm.parameters()).dtype)
         model._init_weights(projector)
