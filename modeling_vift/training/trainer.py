@@ -505,6 +505,7 @@ def run(stage, args=None):
 
 
 __all__ = [
-    "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
+    "ViFTSFTConfig", "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
     "load_stage_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
+    "write_training_card",
 ]
