@@ -233,6 +233,8 @@ def test_activation_checkpointing_is_one_option_under_either_name():
         old = make_parser().parse_args_and_config(
             ["--output_dir", "unused", "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false"])[1]
     assert old.gradient_checkpointing is False and old.activation_checkpointing is False
+    with pytest.raises(ValueError, match="disagree: set activation_checkpointing only"):
+        tiny_args("tiny_stage2.yaml", "--activation_checkpointing", "true", "--gradient_checkpointing", "false")
 
 
 def test_saved_folders_carry_vifts_card_and_never_trls_draft(recipe_runs):

@@ -129,6 +129,15 @@ class ViFTSFTConfig(SFTConfig):
         )
 
     def __post_init__(self):
+        # The old name set away from its default next to a different new one would otherwise be dropped silently.
+        old_default = None if HAS_ACTIVATION_CHECKPOINTING else True
+        if self.activation_checkpointing is not None and self.gradient_checkpointing not in (
+                None, old_default, self.activation_checkpointing):
+            raise ValueError(
+                f"activation_checkpointing={self.activation_checkpointing} and gradient_checkpointing="
+                f"{self.gradient_checkpointing} disagree: set activation_checkpointing only (gradient_checkpointing is "
+                f"its deprecated name), e.g. --activation_checkpointing {str(self.gradient_checkpointing).lower()}."
+            )
         if HAS_ACTIVATION_CHECKPOINTING:
             if self.activation_checkpointing is None and self.gradient_checkpointing is None:
                 self.activation_checkpointing = True
