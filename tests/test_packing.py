@@ -11,6 +11,7 @@ from modeling_vift.training.packing import (
     SKIPS_KEY,
     ViFTDataCollator,
     fill_ratio,
+    merge_skips,
     pack_bfd,
     packed_rows_dataset,
     register_packed_sdpa,
@@ -211,7 +212,12 @@ def test_missing_and_unreadable_images_are_skipped_counted_or_fatal_in_strict_mo
     loader = torch.utils.data.DataLoader(rows, batch_size=len(rows), num_workers=1,
                                          collate_fn=ViFTDataCollator(processor, data))
     batch = next(iter(loader))
-    assert batch[SKIPS_KEY] == {"caps/unreadable_image": 1, "caps/missing_image": 1}
+    images = tmp_path / "images"
+    expected = {"caps/unreadable_image": [str(images / names[1])], "caps/missing_image": [str(images / "gone.png")]}
+    assert batch[SKIPS_KEY] == expected
+    # A file that fails again (the next epoch, a retried batch) is one skipped image, not one per load.
+    assert merge_skips(merge_skips({}, batch[SKIPS_KEY]), next(iter(loader))[SKIPS_KEY]) == {
+        key: set(paths) for key, paths in expected.items()}
     assert batch["pixel_values"].shape[0] == 1 and int((batch["position_ids"][0] == 0).sum()) == 1
     with pytest.raises(ImageLoadError, match="cannot be decoded|does not exist"):
         ViFTDataCollator(processor, data, strict_images=True)([rows[i] for i in range(len(rows))])

@@ -2,6 +2,7 @@ import json
 import math
 import os
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -9,7 +10,14 @@ import yaml
 
 from modeling_vift import ViFTForConditionalGeneration
 from modeling_vift.testing_utils import tiny_vift
-from modeling_vift.training.trainer import build_trainer, configure_stage, lm_lora_config, make_parser, save_final
+from modeling_vift.training.trainer import (
+    HAS_ACTIVATION_CHECKPOINTING,
+    build_trainer,
+    configure_stage,
+    lm_lora_config,
+    make_parser,
+    save_final,
+)
 from tests._training_fixtures import (  # noqa: F401  (tiny_assets is a session fixture)
     REPO,
     load_with_remote_code,
@@ -102,10 +110,10 @@ def recipe_runs(tiny_assets, tmp_path_factory):  # noqa: F811
         {"name": "broken", "path": str(out / "broken.json"), "image_folder": str(broken_images)},
     ]}
     (out / "mixture.yaml").write_text(yaml.safe_dump(mixture))
-    # One whole epoch, so every sample (the corrupt image included) is loaded.
+    # Two whole epochs, so every sample (the corrupt image included) is loaded twice.
     log2 = run_recipe("recipes.stage2_finetune", "recipes/tiny_stage2.yaml", "--model_name_or_path", stage1,
                       "--dataset_mixture", out / "mixture.yaml", "--output_dir", stage2,
-                      "--max_steps", -1, "--num_train_epochs", 1, "--per_device_train_batch_size", 4)
+                      "--max_steps", -1, "--num_train_epochs", 2, "--per_device_train_batch_size", 4)
     return {"stage1": stage1, "stage2": stage2, "log1": log1, "log2": log2, "out": out}
 
 
@@ -128,14 +136,115 @@ def test_stage1_and_stage2_recipes_run_and_their_checkpoints_load_with_remote_co
 def test_skipped_images_are_reported_at_the_end_and_in_the_logs(recipe_runs):
     with open(recipe_runs["stage2"] / "vift_data_report.json") as f:
         report = json.load(f)
-    # The missing file is caught while tokenising, the corrupt one when its batch is loaded.
+    # The missing file is caught while tokenising, the corrupt one when its batch is loaded: in each of the two
+    # epochs, counted once.
     assert report["skipped"] == {"broken/missing_image": 1, "broken/unreadable_image": 1}
     log = recipe_runs["log2"]
+    assert log.count("Skipping a sample of source 'broken'") == 2  # the warning, each time it happened
+    assert "corrupt.png" in log and "cannot be decoded" in log
+    assert log.count("ViFT stage 2 skip report") == 1  # printed once, at the end
     assert "ViFT stage 2 skip report: 2 sample(s) skipped" in log
-    assert "corrupt.png" in log and "cannot be decoded" in log  # the warning when it happened
     with open(recipe_runs["stage2"] / "trainer_state.json") as f:
         history = json.load(f)["log_history"]
     assert max(entry.get("skipped_samples", 0) for entry in history) == 1
+
+
+def test_recipe_runs_warn_neither_about_packed_attention_nor_deprecated_arguments(recipe_runs):
+    """Issue 17 item 8: stage 1 (built from two towers) and stage 2 print no transformers warning that
+    `vift_packed_sdpa` was set unchecked ("undefined behavior") and no deprecation warning about the YAML's arguments."""
+    for log in (recipe_runs["log1"], recipe_runs["log2"]):
+        assert "undefined behavior" not in log and "without finding the associated sub-model" not in log
+        assert "deprecated" not in log, [line for line in log.splitlines() if "deprecated" in line]
+
+
+def test_from_components_towers_share_the_composite_config_so_attention_switches_are_checked(tiny_assets):  # noqa: F811
+    """The towers `from_components` swaps in read the composite config's sub-configs: `set_attn_implementation`
+    reaches their attention layers through the sub-models and sets no sub-config unchecked."""
+    import logging
+
+    from modeling_vift.training.packing import PACKED_SDPA, register_packed_sdpa
+
+    register_packed_sdpa()
+    model = ViFTForConditionalGeneration.from_components(tiny_assets["vision"], tiny_assets["text"])
+    assert model.model.vision_tower.config is model.config.vision_config
+    assert model.model.language_model.config is model.config.text_config
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(handler)
+    try:
+        model.set_attn_implementation(PACKED_SDPA)
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    attention = [m for m in model.modules() if hasattr(m, "config") and type(m).__name__.endswith("Attention")]
+    assert attention and all(m.config._attn_implementation == PACKED_SDPA for m in attention)
+
+
+TRAINING_YAMLS = sorted(name for name in os.listdir(os.path.join(REPO, "recipes"))
+                        if name.endswith(".yaml") and not name.startswith("eval_"))
+
+
+@pytest.mark.parametrize("name", TRAINING_YAMLS)
+def test_shipped_training_yamls_parse_without_deprecation_warnings(name):
+    """Every training YAML under recipes/ parses through the parser that runs it (the recipes' `make_parser`; TRL's
+    own for `trl_sft_vift.yaml`) without a warning under the installed transformers, and asks for the activation
+    checkpointing it means (on at full scale, off in the tiny CPU recipes)."""
+    import logging
+    import warnings
+
+    from trl.scripts.sft import make_parser as trl_make_parser
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("transformers", "trl")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    args = ["--config", os.path.join(REPO, "recipes", name), "--use_cpu", "true", "--bf16", "false"]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if name == "trl_sft_vift.yaml":
+                parsed = trl_make_parser().parse_args_and_config(args, fail_with_unknown_args=False)
+            else:
+                parsed = make_parser().parse_args_and_config(args)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert not [str(w.message) for w in caught], name
+    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING], name
+    training_args = parsed[1]
+    assert training_args.gradient_checkpointing is (not name.startswith("tiny_"))
+    if not name.startswith("tiny_") and name != "trl_sft_vift.yaml":  # TRL's parser drops the key before 5.24
+        assert training_args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_activation_checkpointing_is_one_option_under_either_name():
+    """The recipes' `activation_checkpointing` reaches the Trainer under the running transformers' name; left unset,
+    checkpointing stays on (TRL's default); the old name still works."""
+    for overrides, expected in (((), True), (("--activation_checkpointing", "false"), False),
+                                (("--activation_checkpointing", "true"), True)):
+        args = tiny_args("tiny_stage2.yaml", *overrides)[1] if overrides else make_parser().parse_args_and_config(
+            ["--output_dir", "unused", "--use_cpu", "true", "--bf16", "false"])[1]
+        assert args.gradient_checkpointing is expected and args.activation_checkpointing is expected
+    with pytest.warns(FutureWarning, match="gradient_checkpointing") if HAS_ACTIVATION_CHECKPOINTING else nullcontext():
+        old = make_parser().parse_args_and_config(
+            ["--output_dir", "unused", "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false"])[1]
+    assert old.gradient_checkpointing is False and old.activation_checkpointing is False
+    with pytest.raises(ValueError, match="disagree: set activation_checkpointing only"):
+        tiny_args("tiny_stage2.yaml", "--activation_checkpointing", "true", "--gradient_checkpointing", "false")
+
+
+def test_saved_folders_carry_vifts_card_and_never_trls_draft(recipe_runs):
+    """Issue 17 item 8: the final folders of the recipes hold ViFT's card (what the folder is, where it started, how
+    to load it), not TRL's draft ("fine-tuned version of [None]")."""
+    for stage, number in (("stage1", 1), ("stage2", 2)):
+        card = (recipe_runs[stage] / "README.md").read_text()
+        assert "[None]" not in card and "ViFT training output" in card and f"stage {number}): the final model" in card
+        assert f'from_pretrained("{recipe_runs[stage]}", trust_remote_code=True)' in card
+    assert "vision tower `" in (recipe_runs["stage1"] / "README.md").read_text()  # built from the two towers
 
 
 def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_loss_curve(tiny_assets, tmp_path):  # noqa: F811
@@ -154,6 +263,9 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_loss_curve(tiny
     full.train()
     for name in ("modeling_vift.py", "processing_vift.py", "processor_config.json", "model.safetensors"):
         assert (tmp_path / "full" / "checkpoint-2" / name).exists(), name
+    card = (tmp_path / "full" / "checkpoint-2" / "README.md").read_text()
+    assert "the checkpoint at step 2" in card and "[None]" not in card
+    assert not (tmp_path / "full" / "README.md").exists()  # no TRL draft in the run folder before the final save
     resumed = trainer_for(tmp_path / "resumed")
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
     expected, got = losses(full), losses(resumed)
@@ -168,10 +280,17 @@ def test_lora_stage2_saves_a_merged_checkpoint(tiny_assets, tmp_path):  # noqa: 
     trainer = build_trainer(2, *tiny_args(
         "tiny_stage2.yaml", "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture", mixture,
         "--output_dir", tmp_path, "--max_steps", 2, "--use_peft", "true", "--lora_r", 4, "--lora_alpha", 8,
-        "--learning_rate", 1e-2, "--projector_learning_rate", 1e-2))
+        "--learning_rate", 1e-2, "--projector_learning_rate", 1e-2, "--save_strategy", "steps", "--save_steps", 1))
     trainer.train()
     save_final(trainer, str(tmp_path / "merged"))
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    # Every folder written holds ViFT's card: the adapters' (in place of PEFT's template) and the merged model's.
+    cards = {path.parent.name: path.read_text() for path in tmp_path.rglob("README.md")}
+    assert set(cards) == {"checkpoint-1", "checkpoint-2", "merged"}, sorted(cards)
+    assert not any("[None]" in card or "Model Card for Model ID" in card for card in cards.values())
+    assert "LoRA adapters on the language model" in cards["checkpoint-2"] and "PeftModel.from_pretrained" in cards[
+        "checkpoint-2"]
+    assert "the final model" in cards["merged"] and "library_name: transformers" in cards["merged"]
     merged = ViFTForConditionalGeneration.from_pretrained(tmp_path / "merged").state_dict()
     start = ViFTForConditionalGeneration.from_pretrained(tiny_assets["checkpoint"]).state_dict()
     assert merged.keys() == start.keys()
@@ -205,13 +324,14 @@ def test_trl_sft_cli_trains_a_vift_checkpoint_on_a_conversational_dataset(tiny_a
     config.update(
         model_name_or_path=tiny_assets["checkpoint"], dataset_name=tiny_assets["trl_mixed"], dtype="float32",
         output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-        bf16=False, use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+        bf16=False, use_cpu=True, logging_steps=1, save_strategy="no",
     )
     config_path = tmp_path / "trl_sft.yaml"
     config_path.write_text(yaml.safe_dump(config))
     trl = os.path.join(os.path.dirname(sys.executable), "trl")
     log = run_command([trl, "sft", "--config", config_path], timeout=400)
     assert "Training completed" in log
+    assert "deprecated" not in log, [line for line in log.splitlines() if "deprecated" in line]
     losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in log.splitlines() if "'loss': '" in line]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     model = ViFTForConditionalGeneration.from_pretrained(tmp_path / "out")

@@ -170,6 +170,37 @@ def test_vpgc_parameter_share_and_config_validation():
         ViFTForConditionalGeneration(ViFTConfig.from_dict({**model.config.to_dict(), "vpgc_layer": 1, "vpgc_hidden_size": 10, "vpgc_num_heads": 4}))
 
 
+@pytest.mark.parametrize("layer", [4, 7, -1, 1.5, True, "two"])
+def test_vpgc_layer_outside_the_language_model_is_refused_by_config_model_and_recipe(tmp_path, layer):
+    """Issue 17 item 7: a `vpgc_layer` that names no decoder layer (the tiny LM has 4: indices 0-3) is refused with the
+    valid range wherever it enters: the config, a config edited after its check, and the VPG-C recipe's option."""
+    from trl import ModelConfig
+
+    from modeling_vift.training.trainer import ViFTScriptArguments, load_stage_model_and_processor
+
+    model, processor = tiny_vift(seed=8)
+    expected = r"vpgc_layer.*(out of range for a language model with 4 layers|whole decoder layer index).*\[0, 3\]"
+    with pytest.raises(ValueError, match=expected):
+        ViFTConfig.from_dict({**model.config.to_dict(), "vpgc_layer": layer})
+    edited = ViFTConfig.from_dict(model.config.to_dict())
+    edited.vpgc_layer = layer  # set after the config's own check
+    with pytest.raises(ValueError, match=expected):
+        ViFTForConditionalGeneration(edited)
+    model.save_pretrained(tmp_path / "vift")
+    processor.save_pretrained(tmp_path / "vift")
+    with pytest.raises(ValueError, match=expected):
+        load_stage_model_and_processor(ViFTScriptArguments(vpgc_layer=layer),
+                                       ModelConfig(model_name_or_path=str(tmp_path / "vift")), stage="vpgc")
+
+
+def test_vpgc_layer_accepts_every_decoder_layer_given_as_a_whole_number():
+    model, _ = tiny_vift(seed=8)
+    for layer, expected in ((0, 0), (3, 3), (2.0, 2), ("1", 1)):
+        config = ViFTConfig.from_dict({**model.config.to_dict(), "vpgc_layer": layer})
+        assert config.vpgc_layer == expected and isinstance(config.vpgc_layer, int)
+        assert ViFTForConditionalGeneration(config).model.vpgc is not None
+
+
 def test_remote_code_round_trip_with_vpgc_on(tmp_path):
     model, processor = tiny_vift(seed=7)
     model = _with_vpgc(model, layer=1)

@@ -203,7 +203,7 @@ def _base_models_from_config(config):
     found = []
     for key in ("text_config", "vision_config"):
         name = (config.get(key) or {}).get("_name_or_path") or ""
-        if name.count("/") == 1 and not os.path.exists(name) and not name.startswith((".", "/", "~")):
+        if _is_hub_id(name):
             found.append(name)
     return found
 
@@ -235,6 +235,31 @@ def usage_snippet(repo_id, image_size):
     )
 
 
+def parts_table(config, generation=None, base_models=None):
+    """The model's parts as a Markdown table (from its config dict; fusion defaults from `generation` first)."""
+    text, vision = config["text_config"], config["vision_config"]
+    generation = generation or {}
+    alpha = generation.get("fusion_alpha", config.get("fusion_alpha"))
+    beta = generation.get("fusion_beta", config.get("fusion_beta"))
+    start, end = generation.get("fusion_layers", config.get("fusion_layers"))
+    rows = [
+        "| part | |",
+        "|---|---|",
+        f"| vision tower | `{vision.get('model_type')}`, {vision.get('image_size')} px images, patch "
+        f"{vision.get('patch_size')}, features of hidden layer {config.get('vision_feature_layer')}, "
+        f"{config.get('image_seq_length')} tokens per image |",
+        f"| projector | {config.get('projector_depth')} linear layer(s), `{config.get('projector_hidden_act')}` |",
+        f"| language model | `{text.get('model_type')}`, {text.get('num_hidden_layers')} layers, hidden size "
+        f"{text.get('hidden_size')} |",
+    ]
+    if base_models is not None:
+        rows.append(f"| base models | {', '.join(f'[{b}](https://huggingface.co/{b})' for b in base_models)} |")
+    rows.append(f"| fusion defaults | alpha {alpha}, beta {beta}, layers [{start}, {end}) |")
+    if config.get("vpgc_layer") is not None:
+        rows.append(f"| VPG-C | at decoder layer {config['vpgc_layer']} |")
+    return "\n".join(rows)
+
+
 def render_model_card(config, repo_id, base_models, license="apache-2.0", datasets=(), tags=(), generation=None):
     """The model card: YAML metadata, what the model is, the usage snippet, the fusion defaults, data and citation.
 
@@ -250,11 +275,7 @@ def render_model_card(config, repo_id, base_models, license="apache-2.0", datase
         tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
         datasets=list(datasets) or None,
     )
-    text, vision = config["text_config"], config["vision_config"]
-    generation = generation or {}
-    alpha = generation.get("fusion_alpha", config.get("fusion_alpha"))
-    beta = generation.get("fusion_beta", config.get("fusion_beta"))
-    start, end = generation.get("fusion_layers", config.get("fusion_layers"))
+    vision = config["vision_config"]
     name = repo_id.split("/")[1]
     data_lines = "\n".join(f"- [{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "- not stated"
     body = f"""
@@ -265,13 +286,7 @@ MLP projector and a decoder language model, trained on image captions and text-o
 also offers ViFT's **ability-fused inference**: the question runs once as text only and once with the image, and
 the hidden states of the text-only run are fused into those of the multimodal run during the prefill.
 
-| part | |
-|---|---|
-| vision tower | `{vision.get('model_type')}`, {vision.get('image_size')} px images, patch {vision.get('patch_size')}, features of hidden layer {config.get('vision_feature_layer')}, {config.get('image_seq_length')} tokens per image |
-| projector | {config.get('projector_depth')} linear layer(s), `{config.get('projector_hidden_act')}` |
-| language model | `{text.get('model_type')}`, {text.get('num_hidden_layers')} layers, hidden size {text.get('hidden_size')} |
-| base models | {', '.join(f'[{b}](https://huggingface.co/{b})' for b in base_models)} |
-| fusion defaults | alpha {alpha}, beta {beta}, layers [{start}, {end}) |
+{parts_table(config, generation, base_models)}
 
 The model code ships with the weights, so no package needs installing: load it with `trust_remote_code=True`
 (transformers >= 5).
@@ -313,6 +328,74 @@ text-only prompt); decoding steps see the change through the KV cache.
 ```
 """
     return f"---\n{metadata.to_yaml()}\n---\n{body}"
+
+
+def render_training_card(config, folder, stage, started_from, vision_tower=None, step=None, adapter=False):
+    """The card of a folder a training recipe writes: the final model (`step=None`), a checkpoint, or a LoRA
+    checkpoint (`adapter=True`: adapters on the language model plus the full projector). It says what the folder
+    holds, where the run started and how to load it; `hub.push_model` replaces it with the publishing card."""
+    from huggingface_hub import ModelCardData
+
+    hub_ids = [name for name in (started_from, vision_tower) if name and _is_hub_id(name)]
+    metadata = ModelCardData(
+        base_model=hub_ids or None,
+        pipeline_tag="image-text-to-text",
+        library_name="peft" if adapter else "transformers",
+        tags=[*DEFAULT_TAGS, f"vift-stage-{stage}"],
+    )
+    when = "at the end of training" if step is None else f"at step {step}"
+    what = "the final model" if step is None else f"the checkpoint {when}"
+    if adapter:
+        what = (f"LoRA adapters on the language model, with the fully trained projector, {when} (the recipes' "
+                f"output folder holds the merged model)")
+    origin = f"`{started_from}`" if not vision_tower else f"the vision tower `{vision_tower}` and the language model " \
+        f"`{started_from}` (fresh projector)"
+    if adapter and vision_tower:
+        load = ("The adapters apply to the model the run built from the two towers; load the run's merged output "
+                "folder instead.")
+    elif adapter:
+        load = textwrap.dedent(f"""\
+            ```python
+            from peft import PeftModel
+            from transformers import AutoModelForImageTextToText
+
+            base = AutoModelForImageTextToText.from_pretrained("{started_from}", trust_remote_code=True)
+            model = PeftModel.from_pretrained(base, "{folder}")
+            ```""")
+    else:
+        load = textwrap.dedent(f"""\
+            ```python
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            model = AutoModelForImageTextToText.from_pretrained("{folder}", trust_remote_code=True)
+            processor = AutoProcessor.from_pretrained("{folder}", trust_remote_code=True)
+            ```""")
+    publish = (f"`python -m hub.push_model --checkpoint {folder} --repo_id <org>/<name> --dry_run` checks the folder "
+               f"and shows the model card written for the Hub (base models, usage, fusion defaults, remote-code "
+               f"security note) in place of this one.")
+    if adapter:
+        publish = "Publish the merged model of the run's output folder (`hub.push_model` takes whole models only)."
+    body = f"""
+# {os.path.basename(os.path.normpath(folder))}
+
+ViFT training output ([ViFT]({PAPER}), stage {stage}): {what}, trained from {origin}.
+
+{parts_table(config)}
+
+## Loading
+
+{load}
+
+## Publishing
+
+{publish}
+"""
+    return f"---\n{metadata.to_yaml()}\n---\n{body}"
+
+
+def _is_hub_id(name):
+    """Whether `name` reads as a Hub repo id rather than a local path."""
+    return name.count("/") == 1 and not os.path.exists(name) and not name.startswith((".", "/", "~"))
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -491,6 +574,7 @@ __all__ = [
     "plan_model_upload",
     "push_model",
     "render_model_card",
+    "render_training_card",
     "upload_failure_message",
     "upload_to_hub",
     "usage_snippet",

@@ -168,12 +168,7 @@ class ViFTConfig(PretrainedConfig):
         if fusion_layers is None:
             fusion_layers = [num_text_layers // 2, num_text_layers]
         self.fusion_layers = list(check_fusion_layers(fusion_layers, num_text_layers))
-        if vpgc_layer is not None and not 0 <= int(vpgc_layer) < num_text_layers:
-            raise ValueError(
-                f"vpgc_layer={vpgc_layer} is out of range for a language model with {num_text_layers} layers: "
-                f"use an index in [0, {num_text_layers - 1}] (the Cheetah work uses a middle layer), or None for off."
-            )
-        self.vpgc_layer = None if vpgc_layer is None else int(vpgc_layer)
+        self.vpgc_layer = check_vpgc_layer(vpgc_layer, num_text_layers)
         self.vpgc_hidden_size = vpgc_hidden_size
         self.vpgc_num_heads = int(vpgc_num_heads)
         check_fusion_weights(self.fusion_alpha, self.fusion_beta)
@@ -239,6 +234,26 @@ def check_vision_feature_layer(vision_feature_layer, num_layers):
             f"{num_layers}]."
         )
     return vision_feature_layer
+
+
+def check_vpgc_layer(vpgc_layer, num_layers):
+    """Returns `vpgc_layer` as an int (or None: VPG-C off) if it names one of the `num_layers` decoder layers, else
+    raises."""
+    if vpgc_layer is None:
+        return None
+    remedy = f"use an index in [0, {num_layers - 1}] (the Cheetah work uses a middle layer), or None for off."
+    try:
+        layer = int(vpgc_layer)
+        whole = not isinstance(vpgc_layer, bool) and layer == float(vpgc_layer)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise ValueError(f"vpgc_layer must be a whole decoder layer index, got {vpgc_layer!r}: {remedy}")
+    if not 0 <= layer < num_layers:
+        raise ValueError(
+            f"vpgc_layer={vpgc_layer!r} is out of range for a language model with {num_layers} layers: {remedy}"
+        )
+    return layer
 
 
 def check_fusion_layers(fusion_layers, num_layers=None):

@@ -18,7 +18,13 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils import torch_compilable_check
 
-from .configuration_vift import ViFTConfig, add_image_token, check_vision_feature_layer, vision_tower_config
+from .configuration_vift import (
+    ViFTConfig,
+    add_image_token,
+    check_vision_feature_layer,
+    check_vpgc_layer,
+    vision_tower_config,
+)
 from .fusion_vift import decoder_layers, derive_text_only_prompt, explain_fusion, fused_generate
 from .vpgc_vift import ViFTVisualPromptCompleter, ZeroInitLinear, apply_vpgc, instruction_columns, sample_ids
 
@@ -171,15 +177,12 @@ class ViFTModel(ViFTPreTrainedModel):
         self.vpgc = None
         self._vpgc_step = None
         if config.vpgc_layer is not None:
+            # Checked again: the attribute may have been set on the config after its own check.
+            layers = decoder_layers(self.language_model)
+            config.vpgc_layer = check_vpgc_layer(config.vpgc_layer, len(layers))
             self.vpgc = ViFTVisualPromptCompleter(config)
             # A permanent hook whose per-forward state is set by `forward`: gradient checkpointing re-runs the layer
             # during backward and must see the same VPG-C step as the forward did.
-            layers = decoder_layers(self.language_model)
-            if not 0 <= config.vpgc_layer < len(layers):  # set on the config after its own check
-                raise ValueError(
-                    f"config.vpgc_layer={config.vpgc_layer} is out of range for a language model with {len(layers)} "
-                    f"layers: use an index in [0, {len(layers) - 1}] (the Cheetah work uses a middle layer), or None."
-                )
             layer = layers[config.vpgc_layer]
             layer.register_forward_pre_hook(self._vpgc_pre_hook, with_kwargs=True)
         self.post_init()
@@ -470,6 +473,11 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             model = cls(config)
         model.model.vision_tower = vision
         model.model.language_model = causal_lm.get_decoder()
+        # One config object per tower, as in a model built from its config: the towers' attention layers read
+        # their own config, and `set_attn_implementation` changes (and checks) a sub-config through the sub-model
+        # that holds it; a copy would be set unchecked ("undefined behavior") and would not reach the layers.
+        config.vision_config = vision.config
+        config.text_config = causal_lm.config
         model.lm_head = causal_lm.get_output_embeddings()
         projector = ViFTMultiModalProjector(config).to(dtype=next(causal_lm.parameters()).dtype)
         model._init_weights(projector)

@@ -233,7 +233,15 @@ class SkipReport:
 
 
 class ImageLoadError(SampleError):
-    """An image that cannot be used: `reason` is `missing_image` or `unreadable_image`."""
+    """An image that cannot be used: `reason` is `missing_image` or `unreadable_image`; `path` is the file that
+    failed (None for embedded bytes or a record without a reference)."""
+
+    def __init__(self, reason, message, path=None):
+        super().__init__(reason, message)
+        self.path = path
+
+    def __reduce__(self):
+        return type(self), (self.reason, str(self), self.path)
 
 
 def load_image(ref, image_folder=None):
@@ -264,11 +272,13 @@ def load_image(ref, image_folder=None):
         raise
     except FileNotFoundError as error:
         raise ImageLoadError(
-            "missing_image", f"Image {source!r} does not exist ({error.strerror}); check `image_folder` and the path."
+            "missing_image", f"Image {source!r} does not exist ({error.strerror}); check `image_folder` and the path.",
+            path=None if source == "<embedded bytes>" else source,
         ) from None
     except Exception as error:  # PIL raises several types for broken files (UnidentifiedImageError, OSError, ...)
         raise ImageLoadError(
-            "unreadable_image", f"Image {source!r} cannot be decoded: {type(error).__name__}: {error}"
+            "unreadable_image", f"Image {source!r} cannot be decoded: {type(error).__name__}: {error}",
+            path=None if source == "<embedded bytes>" else source,
         ) from None
 
 

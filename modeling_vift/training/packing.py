@@ -9,7 +9,6 @@ Not part of the remote-code bundle.
 """
 
 import logging
-from collections import Counter
 
 import numpy as np
 import torch
@@ -209,8 +208,10 @@ class ViFTDataCollator:
     sample boundary with either the model's loss or TRL's fused LM head. `padding_free=False` gives one padded row per
     dataset row, with an attention mask (the ordinary batched layout; only sensible with `packing=False`).
 
-    A sample whose image is missing or unreadable is left out of its row and counted: the batch carries the counts
-    under `"vift_skips"` (popped by `ViFTSFTTrainer`); `strict_images=True` raises on the first one instead.
+    A sample whose image is missing or unreadable is left out of its row and counted: the batch carries, under
+    `"vift_skips"` (popped by `ViFTSFTTrainer`), the images that failed by `source/reason` (the file's path, or the
+    sample's row for embedded bytes), so a file that fails again in a later epoch is counted once;
+    `strict_images=True` raises on the first one instead.
     `return_seq_lens=True` adds the sample boundaries (`cu_seq_lens_q/k`, `max_length_q/k`) that flash-attention and
     `attn_implementation="vift_packed_sdpa"` use to attend sample by sample.
     `always_run_vision=True` adds a zero-loss image (its own segment, labels -100) to a batch without images, so the
@@ -238,7 +239,7 @@ class ViFTDataCollator:
         return np.repeat(ids, np.where(ids == self.image_token_id, self.image_seq_length, 1))
 
     def _fetch(self, rows):
-        samples, skips = [], Counter()
+        samples, skips = [], {}
         for row in rows:
             sample_group = []
             for source_id, record in zip(row["sources"], row["rows"]):
@@ -248,7 +249,8 @@ class ViFTDataCollator:
                 except ImageLoadError as error:
                     if self.strict_images:
                         raise ImageLoadError(error.reason, f"[source {source.name!r}, row {record}] {error}") from None
-                    skips[f"{source.name}/{error.reason}"] += 1
+                    failed = error.path or f"row {int(record)}"
+                    skips.setdefault(f"{source.name}/{error.reason}", set()).add(failed)
                     logger.warning("Skipping a sample of source %r (row %d): %s", source.name, record, error)
                     continue
                 tokens = self.tokenized[source_id][int(record)]
@@ -290,7 +292,7 @@ class ViFTDataCollator:
         if images:
             prepared = self.processor.prepare_images(images)
             batch["pixel_values"] = self.processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
-        batch[SKIPS_KEY] = dict(skips)
+        batch[SKIPS_KEY] = {key: sorted(failed) for key, failed in skips.items()}
         return batch
 
     def _padding_free(self, groups):
@@ -342,11 +344,12 @@ class ViFTDataCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def merge_skips(report, skips):
-    """Adds a batch's `vift_skips` counts to a `SkipReport`."""
-    for key, count in (skips or {}).items():
-        report.skipped[key] += int(count)
-    return report
+def merge_skips(failed, skips):
+    """Adds a batch's `vift_skips` to `failed` (`{"source/reason": set of failed images}`): each image once, however
+    often it is loaded."""
+    for key, images in (skips or {}).items():
+        failed.setdefault(key, set()).update(images)
+    return failed
 
 
 __all__ = ["PACKED_SDPA", "ViFTDataCollator", "packed_sdpa_attention", "register_packed_sdpa", "fill_ratio", "merge_skips", "pack_bfd", "packed_rows_dataset", "SkipReport"]

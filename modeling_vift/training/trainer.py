@@ -13,12 +13,14 @@ TRL refuses packing for datasets with images, so the recipes hand `SFTTrainer` a
 Not part of the remote-code bundle.
 """
 
+import dataclasses
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 
 import torch
+from transformers import TrainingArguments
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from .data import MixtureConfig, SkipReport, build_training_data
@@ -97,8 +99,60 @@ class ViFTScriptArguments:
     )
 
 
+# transformers 5.24 renamed `gradient_checkpointing*` to `activation_checkpointing*` (the old names warn); 5.17-5.23
+# know only the old names.
+HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+CHECKPOINTING_NAMES = (("activation_checkpointing", "gradient_checkpointing"),
+                       ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"))
+
+
+@dataclass
+class ViFTSFTConfig(SFTConfig):
+    """TRL's `SFTConfig` with one spelling of checkpointing for every supported transformers: the recipes' YAML say
+    `activation_checkpointing` (and `activation_checkpointing_kwargs`), which this class passes on under the name the
+    running transformers has. Left unset, checkpointing is on (TRL's default). `gradient_checkpointing*` still works
+    (transformers >= 5.24 warns that it is deprecated)."""
+
+    if HAS_ACTIVATION_CHECKPOINTING:
+        # TRL's default (True) would count as "set" and make transformers warn about the old name on every run.
+        gradient_checkpointing: bool | None = field(
+            default=None, metadata={"help": "Deprecated name of `activation_checkpointing` (transformers >= 5.24)."}
+        )
+    else:
+        activation_checkpointing: bool | None = field(
+            default=None, metadata={"help": "Trade compute for memory: recompute activations in the backward pass "
+                                    "(passed on as `gradient_checkpointing` before transformers 5.24; default: on)."}
+        )
+        activation_checkpointing_kwargs: dict | str | None = field(
+            default=None, metadata={"help": "Keyword arguments of `gradient_checkpointing_enable()`, e.g. "
+                                    "{\"use_reentrant\": false} (passed on as `gradient_checkpointing_kwargs`)."}
+        )
+
+    def __post_init__(self):
+        # The old name set away from its default next to a different new one would otherwise be dropped silently.
+        old_default = None if HAS_ACTIVATION_CHECKPOINTING else True
+        if self.activation_checkpointing is not None and self.gradient_checkpointing not in (
+                None, old_default, self.activation_checkpointing):
+            raise ValueError(
+                f"activation_checkpointing={self.activation_checkpointing} and gradient_checkpointing="
+                f"{self.gradient_checkpointing} disagree: set activation_checkpointing only (gradient_checkpointing is "
+                f"its deprecated name), e.g. --activation_checkpointing {str(self.gradient_checkpointing).lower()}."
+            )
+        if HAS_ACTIVATION_CHECKPOINTING:
+            if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+                self.activation_checkpointing = True
+        else:
+            for new, old in CHECKPOINTING_NAMES:
+                if getattr(self, new) is not None:
+                    setattr(self, old, getattr(self, new))
+        super().__post_init__()
+        if not HAS_ACTIVATION_CHECKPOINTING:
+            for new, old in CHECKPOINTING_NAMES:
+                setattr(self, new, getattr(self, old))  # one value under both names, as transformers >= 5.24 keeps
+
+
 def make_parser():
-    return TrlParser((ViFTScriptArguments, SFTConfig, ModelConfig))
+    return TrlParser((ViFTScriptArguments, ViFTSFTConfig, ModelConfig))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -250,16 +304,18 @@ def prepare_sft_config(args):
 class ViFTSFTTrainer(SFTTrainer):
     """`SFTTrainer` with per-part learning rates (`learning_rates={"vision_tower": lr, "multi_modal_projector": lr}`,
     the rest at `args.learning_rate`) and a report of the samples the collator skipped (missing or unreadable
-    images), logged as `skipped_samples` and gathered across ranks by `skip_report()`."""
+    images, each file counted once however often it is loaded), logged as `skipped_samples` and gathered across
+    ranks by `skip_report()`."""
 
-    def __init__(self, *args, learning_rates=None, data_report=None, **kwargs):
+    def __init__(self, *args, learning_rates=None, data_report=None, card=None, **kwargs):
         self.learning_rates = dict(learning_rates or {})
         unknown = set(self.learning_rates) - {"vision_tower", "multi_modal_projector", "language_model"}
         if unknown:
             raise ValueError(f"learning_rates keys must be vision_tower, multi_modal_projector or language_model; "
                              f"got {sorted(unknown)}.")
         self.data_report = data_report or SkipReport()
-        self.runtime_report = SkipReport()
+        self.card = dict(card or {})  # `write_training_card`'s stage / started_from / vision_tower for saved folders
+        self.failed_images = {}  # "source/reason" -> the images that failed while training (each counted once)
         training_args = kwargs.get("args")
         if training_args is not None and (training_args.remove_unused_columns or not (
                 training_args.dataset_kwargs or {}).get("skip_prepare_dataset")):
@@ -297,21 +353,41 @@ class ViFTSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skips = inputs.pop(SKIPS_KEY, None)
         if skips and model.training:
-            merge_skips(self.runtime_report, skips)
+            merge_skips(self.failed_images, skips)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs, start_time=None):
         if "loss" in logs:
-            logs["skipped_samples"] = self.runtime_report.total_skipped
+            logs["skipped_samples"] = sum(len(images) for images in self.failed_images.values())
         super().log(logs, start_time)
+
+    def create_model_card(self, *args, **kwargs):
+        """No TRL card: its draft names no base model ("a fine-tuned version of [None]"); `save_model` writes ViFT's
+        card into every folder it saves instead."""
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """Saves as the Trainer does (checkpoints included), then writes ViFT's card over any other (PEFT's template
+        for adapters)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save and os.path.isdir(output_dir):
+            from accelerate.utils import is_peft_model
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            is_checkpoint = os.path.basename(os.path.normpath(output_dir)).startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+            write_training_card(output_dir, self.model.config, step=self.state.global_step if is_checkpoint else None,
+                                adapter=is_peft_model(self.accelerator.unwrap_model(self.model)), **self.card)
 
     def skip_report(self):
         """The data-preparation report plus the samples skipped while training, summed over all ranks."""
         from accelerate.utils import gather_object
 
         report = SkipReport().merge(self.data_report)
-        for skipped in gather_object([dict(self.runtime_report.skipped)]):
-            report.skipped.update(skipped)
+        failed = {}
+        for rank_failed in gather_object([{key: sorted(images) for key, images in self.failed_images.items()}]):
+            merge_skips(failed, rank_failed)  # an image that failed on two ranks is one image
+        for key, images in failed.items():
+            report.skipped[key] += len(images)
         return report
 
 
@@ -372,7 +448,20 @@ def build_trainer(stage, script_args, training_args, model_args):
         peft_config=lm_lora_config(model_args) if use_lora else None,
         learning_rates=learning_rates,
         data_report=data.report,
+        card={"stage": stage, "started_from": model_args.model_name_or_path,
+              "vision_tower": script_args.vision_tower_name_or_path},
     )
+
+
+def write_training_card(folder, config, stage=None, started_from=None, vision_tower=None, step=None, adapter=False):
+    """Writes ViFT's card for a saved training folder (`publishing.model.render_training_card`) as its README.md."""
+    from ..publishing.model import render_training_card
+
+    started_from = started_from or getattr(config, "_name_or_path", None) or "an unnamed model"
+    card = render_training_card(config.to_dict(), folder, "?" if stage is None else stage, started_from,
+                                vision_tower=vision_tower, step=step, adapter=adapter)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(card)
 
 
 def save_final(trainer, output_dir):
@@ -388,6 +477,7 @@ def save_final(trainer, output_dir):
         if trainer.accelerator.is_main_process:
             merged.save_pretrained(output_dir)
             trainer.processing_class.save_pretrained(output_dir)
+            write_training_card(output_dir, merged.config, **trainer.card)
         trainer.accelerator.wait_for_everyone()
     else:
         trainer.save_model(output_dir)
@@ -406,9 +496,7 @@ def main(stage, script_args, training_args, model_args):
     save_final(trainer, training_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
-        text = report.format(f"ViFT stage {stage} skip report")
-        logger.info(text)
-        trainer.accelerator.print(text)
+        trainer.accelerator.print(report.format(f"ViFT stage {stage} skip report"))
         with open(os.path.join(training_args.output_dir, REPORT_FILE), "w") as f:
             json.dump(report.to_dict(), f, indent=2)
         trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
@@ -426,6 +514,7 @@ def run(stage, args=None):
 
 
 __all__ = [
-    "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
+    "ViFTSFTConfig", "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
     "load_stage_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
+    "write_training_card",
 ]
