@@ -10,6 +10,7 @@ Not part of the remote-code bundle.
 
 import logging
 from collections import Counter
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -167,31 +168,119 @@ def pack_bfd(lengths, max_length, num_images=None, max_images_per_row=None):
     return [np.asarray(b, dtype=np.int64) for b in bins]
 
 
-def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=None):
+def pack_bfd_split(lengths, max_length, split_points, num_images=None, max_images_per_row=None):
+    """Best-fit-decreasing packing in which some samples may be cut at given token offsets (`split_points`: a mapping
+    from sample index to the offsets, strictly inside the sample, where a piece may start: for a conversation, the
+    first token after each assistant turn but the last; see `turn_split_points`).
+
+    Every splittable sample is cut at all of its points, the pieces and the other samples are packed together by
+    `pack_bfd` (the small pieces come last and fill the gaps that whole samples leave), and then pieces of one sample
+    that landed next to each other in the same row (piece k and k + 1) are joined again, so a conversation is cut
+    only where its pieces went to different rows. Splittable samples must hold no images (images are never cut).
+
+    Returns a list of rows, each a list of `(sample index, start, end)` pieces (token offsets, end exclusive); the
+    pieces of every sample tile it exactly once."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    images = np.zeros(len(lengths), dtype=np.int64) if num_images is None else np.asarray(num_images, dtype=np.int64)
+    cuts = {}
+    for index, points in (split_points or {}).items():
+        index, points = int(index), np.asarray(points, dtype=np.int64)
+        if len(points) and (points.min() <= 0 or points.max() >= lengths[index] or np.any(np.diff(points) <= 0)):
+            raise ValueError(
+                f"pack_bfd_split: the split points of sample {index} must increase strictly inside its "
+                f"{int(lengths[index])} tokens, got {points.tolist()}."
+            )
+        if len(points) and images[index]:
+            raise ValueError(f"pack_bfd_split: sample {index} holds images and cannot be split; give split points "
+                             f"for text-only samples only.")
+        if len(points):
+            cuts[index] = points
+    pieces = []
+    for index, length in enumerate(lengths.tolist()):
+        edges = [0, *cuts[index].tolist(), length] if index in cuts else [0, length]
+        pieces.extend((index, start, end) for start, end in zip(edges[:-1], edges[1:]))
+    pieces = np.asarray(pieces, dtype=np.int64).reshape(-1, 3)
+    bins = pack_bfd(pieces[:, 2] - pieces[:, 1], max_length, images[pieces[:, 0]],
+                    max_images_per_row if num_images is not None else None)
+    rows = []
+    for members in bins:
+        row = []
+        for index, start, end in sorted(map(tuple, pieces[members].tolist())):
+            if row and row[-1][0] == index and row[-1][2] == start:
+                row[-1] = (index, row[-1][1], end)  # the next piece of the same sample: join them again
+            else:
+                row.append((index, start, end))
+        rows.append(row)
+    return rows
+
+
+def turn_split_points(labels):
+    """Token offsets where a tokenised conversation may be cut without losing a target: the first token after each
+    assistant turn but the last (an ignored label right after a supervised one, with supervised tokens after it).
+    Every target keeps the token before it in the same piece, so the pieces together carry each supervised token
+    exactly once; the later pieces lose the earlier turns as context."""
+    supervised = np.asarray(labels) != -100
+    if not supervised.any():
+        return np.zeros(0, dtype=np.int64)
+    points = np.flatnonzero(supervised[:-1] & ~supervised[1:]) + 1
+    return points[points < np.flatnonzero(supervised)[-1]].astype(np.int64)
+
+
+def text_turn_split_points(data):
+    """`turn_split_points` of every text-only sample of a `TrainingData` that has any, as {sample index: offsets}
+    (samples with images are never split). Reads the labels column of each source once, through Arrow."""
+    points = {}
+    text = np.flatnonzero(np.asarray(data.num_images) == 0)
+    for source_id in np.unique(data.source_ids[text]).tolist():
+        members = text[data.source_ids[text] == source_id]
+        labels = data.tokenized[source_id].with_format("arrow")[:].column("labels").combine_chunks()
+        offsets, values = labels.offsets.to_numpy(), labels.values.to_numpy(zero_copy_only=False)
+        for index in members.tolist():
+            row = int(data.rows[index])
+            found = turn_split_points(values[offsets[row]:offsets[row + 1]])
+            if len(found):
+                points[index] = found
+    return points
+
+
+def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=None, split_turns=False):
     """The training dataset of a `TrainingData`: a `datasets.Dataset` with one row per packed row (or per sample when
     `packing=False`) and columns `sources`, `rows` (references into the tokenised sources) and `num_tokens`.
+    With `split_turns=True` (packing only), multi-turn text-only conversations may be cut after an assistant turn to
+    fill rows (`pack_bfd_split`), and the columns `starts` / `ends` give each piece's token range.
     Built straight from numpy arrays into Arrow, never as Python lists of records."""
     import datasets
     import pyarrow as pa
 
+    starts = ends = None
     if packing:
         if max_length is None:
             raise ValueError("Packing needs max_length (the length of a packed row).")
-        bins = pack_bfd(data.lengths, max_length, data.num_images, max_images_per_row)
-        members = np.concatenate(bins)
+        if split_turns:
+            bins = pack_bfd_split(data.lengths, max_length, text_turn_split_points(data), data.num_images,
+                                  max_images_per_row)
+            pieces = np.asarray([piece for row in bins for piece in row], dtype=np.int64).reshape(-1, 3)
+            members, starts, ends = pieces[:, 0], pieces[:, 1], pieces[:, 2]
+        else:
+            bins = pack_bfd(data.lengths, max_length, data.num_images, max_images_per_row)
+            members = np.concatenate(bins)
         offsets = np.concatenate([[0], np.cumsum([len(b) for b in bins])]).astype(np.int64)
     else:
+        if split_turns:
+            raise ValueError("split_turns cuts conversations to fill packed rows: it needs packing=True.")
         members = np.arange(len(data), dtype=np.int64)
         offsets = np.arange(len(data) + 1, dtype=np.int64)
-    num_tokens = np.add.reduceat(data.lengths[members].astype(np.int64), offsets[:-1]) if len(members) else []
-    table = pa.table(
-        {
-            "sources": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.source_ids[members])),
-            "rows": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.rows[members])),
-            "num_tokens": pa.array(np.asarray(num_tokens, dtype=np.int64)),
-        }
-    )
-    return datasets.Dataset(table)
+    sizes = data.lengths[members].astype(np.int64) if starts is None else ends - starts
+    num_tokens = np.add.reduceat(sizes, offsets[:-1]) if len(members) else []
+    columns = {
+        "sources": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.source_ids[members])),
+        "rows": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.rows[members])),
+        "num_tokens": pa.array(np.asarray(num_tokens, dtype=np.int64)),
+    }
+    if starts is not None:
+        columns["starts"] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(starts))
+        columns["ends"] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ends))
+    return datasets.Dataset(pa.table(columns))
 
 
 def fill_ratio(row_lengths, max_length):
@@ -241,7 +330,8 @@ class ViFTDataCollator:
         samples, skips = [], Counter()
         for row in rows:
             sample_group = []
-            for source_id, record in zip(row["sources"], row["rows"]):
+            spans = zip(row["starts"], row["ends"]) if row.get("starts") is not None else repeat((None, None))
+            for source_id, record, (start, end) in zip(row["sources"], row["rows"], spans):
                 source = self.sources[source_id]
                 try:
                     images = source.load_images(record)
@@ -252,10 +342,10 @@ class ViFTDataCollator:
                     logger.warning("Skipping a sample of source %r (row %d): %s", source.name, record, error)
                     continue
                 tokens = self.tokenized[source_id][int(record)]
-                labels = np.asarray(tokens["labels"], dtype=np.int64)
-                input_ids = self._expand(tokens["input_ids"])
-                labels = np.repeat(labels, np.where(np.asarray(tokens["input_ids"]) == self.image_token_id,
-                                                    self.image_seq_length, 1))
+                raw_ids = np.asarray(tokens["input_ids"], dtype=np.int64)[start:end]  # a piece of a split sample
+                labels = np.asarray(tokens["labels"], dtype=np.int64)[start:end]
+                input_ids = self._expand(raw_ids)
+                labels = np.repeat(labels, np.where(raw_ids == self.image_token_id, self.image_seq_length, 1))
                 labels[0] = -100  # the first token of a sample is never a target
                 sample_group.append((input_ids, labels, images))
             samples.append(sample_group)
@@ -349,4 +439,5 @@ def merge_skips(report, skips):
     return report
 
 
-__all__ = ["PACKED_SDPA", "ViFTDataCollator", "packed_sdpa_attention", "register_packed_sdpa", "fill_ratio", "merge_skips", "pack_bfd", "packed_rows_dataset", "SkipReport"]
+__all__ = ["PACKED_SDPA", "ViFTDataCollator", "packed_sdpa_attention", "register_packed_sdpa", "fill_ratio", "merge_skips", "pack_bfd", "pack_bfd_split", "packed_rows_dataset",
+           "text_turn_split_points", "turn_split_points", "SkipReport"]
