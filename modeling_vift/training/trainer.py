@@ -68,6 +68,12 @@ class ViFTScriptArguments:
                   "do not fit is always dropped (images are never cut)."},
     )
     max_images_per_row: int | None = field(default=8, metadata={"help": "Cap on images per packed row."})
+    packing_split_turns: bool = field(
+        default=False,
+        metadata={"help": "Packing: let multi-turn text-only conversations be cut after an assistant turn to fill "
+                  "rows (every assistant token keeps its loss once; a later piece loses the earlier turns as "
+                  "context). Lifts the fill of caption-heavy mixes; samples with images are never cut."},
+    )
     strict_images: bool = field(
         default=False, metadata={"help": "Fail on the first bad record or missing/unreadable image instead of skipping."}
     )
@@ -344,10 +350,16 @@ def build_trainer(stage, script_args, training_args, model_args):
             num_proc=training_args.dataset_num_proc, seed=training_args.seed, log=logger.info,
         )
     logger.info(data.report.format("ViFT data preparation"))
-    train_dataset = packed_rows_dataset(data, training_args.max_length, packing, script_args.max_images_per_row)
+    split_turns = packing and script_args.packing_split_turns
+    train_dataset = packed_rows_dataset(data, training_args.max_length, packing, script_args.max_images_per_row,
+                                        split_turns=split_turns)
     if packing:
         logger.info("Packed %d samples into %d rows of %d tokens (fill %.4f).", len(data), len(train_dataset),
                     training_args.max_length, fill_ratio(train_dataset["num_tokens"], training_args.max_length))
+    if split_turns:
+        pieces = sum(len(r) for r in train_dataset["rows"])
+        logger.info("packing_split_turns: %d pieces for %d samples (%d cuts after assistant turns).", pieces,
+                    len(data), pieces - len(data))
     collator = ViFTDataCollator(
         processor, data, padding_free=padding_free, strict_images=script_args.strict_images,
         always_run_vision=script_args.always_run_vision,
