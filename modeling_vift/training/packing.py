@@ -168,20 +168,23 @@ def pack_bfd(lengths, max_length, num_images=None, max_images_per_row=None):
     return [np.asarray(b, dtype=np.int64) for b in bins]
 
 
-def pack_bfd_split(lengths, max_length, split_points, num_images=None, max_images_per_row=None):
+def pack_bfd_split(lengths, max_length, split_points, num_images=None, max_images_per_row=None, target_fill=0.97):
     """Best-fit-decreasing packing in which some samples may be cut at given token offsets (`split_points`: a mapping
     from sample index to the offsets, strictly inside the sample, where a piece may start: for a conversation, the
-    first token after each assistant turn but the last; see `turn_split_points`).
+    first token after each assistant turn but the last; see `turn_split_points`). Splittable samples must hold no
+    images (images are never cut).
 
-    Every splittable sample is cut at all of its points, the pieces and the other samples are packed together by
-    `pack_bfd` (the small pieces come last and fill the gaps that whole samples leave), and then pieces of one sample
-    that landed next to each other in the same row (piece k and k + 1) are joined again, so a conversation is cut
-    only where its pieces went to different rows. Splittable samples must hold no images (images are never cut).
+    When `pack_bfd` of the whole samples already fills `target_fill` of the row slots, nothing is cut. Otherwise the
+    samples without split points are packed first (`pack_bfd`); then each splittable sample that fits whole into an
+    open row goes into the tightest one, longest first; the others are cut at all their points and the pieces are
+    packed best-fit decreasing into the open rows (new rows when none fits), the small pieces last so that they fill
+    the gaps; pieces of one sample that land in the same row one after the other are joined again.
 
     Returns a list of rows, each a list of `(sample index, start, end)` pieces (token offsets, end exclusive); the
     pieces of every sample tile it exactly once."""
     lengths = np.asarray(lengths, dtype=np.int64)
     images = np.zeros(len(lengths), dtype=np.int64) if num_images is None else np.asarray(num_images, dtype=np.int64)
+    cap = 0 if num_images is None or max_images_per_row is None else int(max_images_per_row)
     cuts = {}
     for index, points in (split_points or {}).items():
         index, points = int(index), np.asarray(points, dtype=np.int64)
@@ -195,17 +198,47 @@ def pack_bfd_split(lengths, max_length, split_points, num_images=None, max_image
                              f"for text-only samples only.")
         if len(points):
             cuts[index] = points
+    whole_rows = pack_bfd(lengths, max_length, num_images, max_images_per_row)
+    if not cuts or fill_ratio([lengths[r].sum() for r in whole_rows], max_length) >= target_fill:
+        return [[(int(i), 0, int(lengths[i])) for i in row] for row in whole_rows]
+
+    fixed = np.asarray([i for i in range(len(lengths)) if i not in cuts], dtype=np.int64)
+    bins = [[(int(fixed[i]), 0, int(lengths[fixed[i]])) for i in row]
+            for row in pack_bfd(lengths[fixed], max_length, None if num_images is None else images[fixed],
+                                max_images_per_row)]
+    tree = _CapacityTree(max_length, cap)
+    for bin_id, row in enumerate(bins):
+        used = sum(end - start for _, start, end in row)
+        if used < max_length:
+            tree.add(bin_id, max_length - used, cap - int(images[[i for i, _, _ in row]].sum()))
+
+    def place(piece):
+        size = piece[2] - piece[1]
+        best = tree.pop_best(size, 0)
+        if best is None:
+            bins.append([piece])
+            bin_id, capacity, room = len(bins) - 1, max_length - size, cap
+        else:
+            bin_id, capacity, room = best
+            bins[bin_id].append(piece)
+            capacity -= size
+        if capacity > 0:
+            tree.add(bin_id, capacity, room)
+
     pieces = []
-    for index, length in enumerate(lengths.tolist()):
-        edges = [0, *cuts[index].tolist(), length] if index in cuts else [0, length]
-        pieces.extend((index, start, end) for start, end in zip(edges[:-1], edges[1:]))
-    pieces = np.asarray(pieces, dtype=np.int64).reshape(-1, 3)
-    bins = pack_bfd(pieces[:, 2] - pieces[:, 1], max_length, images[pieces[:, 0]],
-                    max_images_per_row if num_images is not None else None)
+    for index in sorted(cuts, key=lambda i: (-lengths[i], i)):
+        length = int(lengths[index])
+        if tree._first_at_least(length, 0) is not None:
+            place((index, 0, length))
+        else:
+            edges = [0, *cuts[index].tolist(), length]
+            pieces.extend((index, start, end) for start, end in zip(edges[:-1], edges[1:]))
+    for piece in sorted(pieces, key=lambda p: (p[1] - p[2], p[0], p[1])):
+        place(piece)
     rows = []
     for members in bins:
         row = []
-        for index, start, end in sorted(map(tuple, pieces[members].tolist())):
+        for index, start, end in sorted(members):
             if row and row[-1][0] == index and row[-1][2] == start:
                 row[-1] = (index, row[-1][1], end)  # the next piece of the same sample: join them again
             else:
@@ -243,11 +276,13 @@ def text_turn_split_points(data):
     return points
 
 
-def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=None, split_turns=False):
+def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=None, split_turns=False,
+                        split_target_fill=0.97):
     """The training dataset of a `TrainingData`: a `datasets.Dataset` with one row per packed row (or per sample when
     `packing=False`) and columns `sources`, `rows` (references into the tokenised sources) and `num_tokens`.
     With `split_turns=True` (packing only), multi-turn text-only conversations may be cut after an assistant turn to
-    fill rows (`pack_bfd_split`), and the columns `starts` / `ends` give each piece's token range.
+    fill rows when whole samples fill less than `split_target_fill` of the slots (`pack_bfd_split`), and the columns
+    `starts` / `ends` give each piece's token range.
     Built straight from numpy arrays into Arrow, never as Python lists of records."""
     import datasets
     import pyarrow as pa
@@ -258,7 +293,7 @@ def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=
             raise ValueError("Packing needs max_length (the length of a packed row).")
         if split_turns:
             bins = pack_bfd_split(data.lengths, max_length, text_turn_split_points(data), data.num_images,
-                                  max_images_per_row)
+                                  max_images_per_row, target_fill=split_target_fill)
             pieces = np.asarray([piece for row in bins for piece in row], dtype=np.int64).reshape(-1, 3)
             members, starts, ends = pieces[:, 0], pieces[:, 1], pieces[:, 2]
         else:

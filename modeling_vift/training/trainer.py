@@ -74,6 +74,11 @@ class ViFTScriptArguments:
                   "rows (every assistant token keeps its loss once; a later piece loses the earlier turns as "
                   "context). Lifts the fill of caption-heavy mixes; samples with images are never cut."},
     )
+    packing_split_target_fill: float = field(
+        default=0.97,
+        metadata={"help": "With packing_split_turns: cut nothing when whole samples already fill this share of the "
+                  "row slots."},
+    )
     strict_images: bool = field(
         default=False, metadata={"help": "Fail on the first bad record or missing/unreadable image instead of skipping."}
     )
@@ -352,7 +357,8 @@ def build_trainer(stage, script_args, training_args, model_args):
     logger.info(data.report.format("ViFT data preparation"))
     split_turns = packing and script_args.packing_split_turns
     train_dataset = packed_rows_dataset(data, training_args.max_length, packing, script_args.max_images_per_row,
-                                        split_turns=split_turns)
+                                        split_turns=split_turns,
+                                        split_target_fill=script_args.packing_split_target_fill)
     if packing:
         logger.info("Packed %d samples into %d rows of %d tokens (fill %.4f).", len(data), len(train_dataset),
                     training_args.max_length, fill_ratio(train_dataset["num_tokens"], training_args.max_length))
