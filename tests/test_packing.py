@@ -233,6 +233,31 @@ def test_packed_batch_loss_and_gradients_equal_unpacked_batch(data, model_and_pr
         assert torch.allclose(fused_grads[name], padded_grads[name], atol=1e-5, rtol=0), name
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_chunked_loss_and_gradients_equal_the_full_logits_loss(data, model_and_processor, layout):
+    model, processor = model_and_processor
+    model = copy.deepcopy(model).train()
+    rows = multi_sample_rows(data, 3)
+    batch = ViFTDataCollator(processor, data, padding_free=layout == "packed")(rows if layout == "packed"
+                                                                              else singles(rows))
+    batch.pop(SKIPS_KEY)
+    targets = int((batch["labels"] != -100).sum())
+    for num_items in (None, targets + 5):  # the model's own normalisation, and the Trainer's token count
+        extra = {} if num_items is None else {"num_items_in_batch": num_items}
+        full_loss, full_grads = loss_and_grads(model, {**batch, **extra})
+        model.zero_grad()
+        output = model(**batch, **extra, loss_chunk_size=7)  # 7 tokens per chunk: many chunks, a ragged last one
+        assert output.logits is None
+        output.loss.backward()
+        chunked_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert torch.allclose(output.loss, full_loss, atol=1e-6, rtol=1e-6)
+        assert chunked_grads.keys() == full_grads.keys()
+        for name in full_grads:
+            assert torch.allclose(chunked_grads[name], full_grads[name], atol=1e-6, rtol=1e-5), name
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        model(**batch, loss_chunk_size=-1)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA])
 def test_perturbing_one_packed_sample_leaves_the_others_logits_unchanged(data, model_and_processor, attention):
     model, processor = model_and_processor

@@ -101,6 +101,12 @@ class ViFTScriptArguments:
     vpgc_hidden_size: int | None = field(
         default=None, metadata={"help": "VPG-C stage: width of a new VPG-C module (default: the vision hidden size)."}
     )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Compute the LM head and loss this many target tokens at a time with the model's own "
+                  "chunked loss (no [tokens x vocab] logits at once). Unset: TRL's fused LM head (also chunked, "
+                  "in 4096-token x 32768-column tiles, Triton-fused on GPU)."},
+    )
     always_run_vision: bool = field(
         default=True,
         metadata={"help": "Give text-only batches a zero-loss image so the vision tower runs on every rank "
@@ -263,8 +269,9 @@ class ViFTSFTTrainer(SFTTrainer):
     the rest at `args.learning_rate`) and a report of the samples the collator skipped (missing or unreadable
     images), logged as `skipped_samples` and gathered across ranks by `skip_report()`."""
 
-    def __init__(self, *args, learning_rates=None, data_report=None, **kwargs):
+    def __init__(self, *args, learning_rates=None, data_report=None, loss_chunk_size=None, **kwargs):
         self.learning_rates = dict(learning_rates or {})
+        self.loss_chunk_size = loss_chunk_size
         unknown = set(self.learning_rates) - {"vision_tower", "multi_modal_projector", "language_model"}
         if unknown:
             raise ValueError(f"learning_rates keys must be vision_tower, multi_modal_projector or language_model; "
@@ -309,6 +316,15 @@ class ViFTSFTTrainer(SFTTrainer):
         skips = inputs.pop(SKIPS_KEY, None)
         if skips and model.training:
             merge_skips(self.runtime_report, skips)
+        if self.loss_chunk_size:
+            # The model's own chunked loss (through the model's forward, so FSDP/DDP wrappers see the call),
+            # scaled as TRL scales its fused-head loss.
+            outputs = model(**inputs, use_cache=False, loss_chunk_size=self.loss_chunk_size,
+                            num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs, start_time=None):
@@ -373,6 +389,9 @@ def build_trainer(stage, script_args, training_args, model_args):
         return_seq_lens=padding_free and attn_uses_seq_lens(model.config._attn_implementation),
     )
 
+    if training_args.use_liger_kernel:
+        apply_liger_to_language_model(model, training_args.liger_kernel_config)
+        training_args.use_liger_kernel = False  # done here: the Trainer's own call would find no kernels for "vift"
     trainable = configure_stage(model, stage, use_lora=use_lora, train_vision_tower=script_args.train_vision_tower)
     logger.info("Stage %s: %d trainable parameters before PEFT.", stage, trainable)
     learning_rates = {}
@@ -390,7 +409,26 @@ def build_trainer(stage, script_args, training_args, model_args):
         peft_config=lm_lora_config(model_args) if use_lora else None,
         learning_rates=learning_rates,
         data_report=data.report,
+        loss_chunk_size=script_args.loss_chunk_size,
     )
+
+
+def apply_liger_to_language_model(model, kernel_config=None):
+    """`use_liger_kernel: true` for a ViFT model: Liger patches models by `config.model_type` and has no kernels for
+    "vift" (transformers' Trainer would apply nothing), so its layer kernels (RMSNorm, RoPE, SwiGLU) go onto the
+    language model (e.g. "qwen2"). Its fused linear cross-entropy is left off: TRL's fused LM head (or
+    `loss_chunk_size`) computes the loss. Needs liger-kernel, hence Triton and a GPU."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as error:
+        raise ImportError(
+            f"use_liger_kernel: true needs liger-kernel, which is not importable here ({error}). It runs Triton "
+            f"kernels, so it needs a CUDA GPU: `pip install liger-kernel` there, or set use_liger_kernel: false "
+            f"(TRL's fused LM head already keeps the full logits out of memory)."
+        ) from None
+    config = {k: v for k, v in (kernel_config or {}).items() if k not in ("fused_linear_cross_entropy", "cross_entropy")}
+    _apply_liger_kernel_to_instance(model=model.model.language_model, fused_linear_cross_entropy=False,
+                                    cross_entropy=False, **config)
 
 
 def save_final(trainer, output_dir):
@@ -444,6 +482,6 @@ def run(stage, args=None):
 
 
 __all__ = [
-    "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
+    "ViFTSFTTrainer", "ViFTScriptArguments", "apply_liger_to_language_model", "build_trainer", "configure_stage", "lm_lora_config",
     "load_stage_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
 ]
