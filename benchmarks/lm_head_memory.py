@@ -1,8 +1,9 @@
-"""Peak memory of the LM head + loss with a large vocabulary: the model's own loss (full [tokens x vocab] logits)
-vs the chunked LM head that TRL's `SFTTrainer` puts on every model it trains (`trl.trainer.utils.add_fused_lm_head`,
-the path of ViFT's recipes), side by side in one run.
+"""Peak memory of the LM head + loss with a large vocabulary, side by side in one run: the model's own loss (full
+[tokens x vocab] logits), the fused LM head that TRL's `SFTTrainer` puts on every model it trains
+(`trl.trainer.utils.add_fused_lm_head`: 4096-token x 32768-column tiles; on CPU its tiles are folded with torch ops),
+and the model's own chunked loss (`loss_chunk_size`, recipe option of the same name).
 
-    python benchmarks/lm_head_memory.py --tokens 512 1024 2048 --vocab 151936
+    python benchmarks/lm_head_memory.py --tokens 1024 2048 4096 --vocab 151936 --chunk 256
 
 Each measurement runs in a fresh Python process (so one variant's freed memory cannot hide the other's peak): it
 builds a ViFT model with a tiny Qwen2 LM (hidden 64, 2 layers) and the given vocabulary, records the process's peak
@@ -26,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VARIANTS = {
     "full": "model loss (full logits)",
-    "chunked": "chunked LM head (TRL SFTTrainer's path)",
+    "trl": "TRL's fused LM head (SFTTrainer's default)",
+    "vift": "model loss with loss_chunk_size",
 }
 
 
@@ -36,7 +38,7 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure(variant, tokens, vocab, seed):
+def measure(variant, tokens, vocab, seed, chunk):
     from modeling_vift import ViFTConfig, ViFTForConditionalGeneration
 
     config = ViFTConfig(
@@ -53,13 +55,15 @@ def measure(variant, tokens, vocab, seed):
     ids = torch.randint(0, vocab - 1, (1, tokens))
     labels = ids.clone()
     labels[0, 0] = -100
-    if variant == "chunked":
+    if variant == "trl":
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model)
     before = peak_rss_bytes()
-    if variant == "chunked":
+    if variant == "trl":
         loss = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+    elif variant == "vift":
+        loss = model(input_ids=ids, labels=labels, loss_chunk_size=chunk).loss
     else:
         loss = model(input_ids=ids, labels=labels).loss
     loss.backward()
@@ -68,9 +72,9 @@ def measure(variant, tokens, vocab, seed):
     return {"before": before, "after": after, "loss": float(loss), "grad": grad.flatten()[:4096].tolist()}
 
 
-def run_child(variant, tokens, vocab, seed):
+def run_child(variant, tokens, vocab, seed, chunk):
     command = [sys.executable, os.path.abspath(__file__), "--child", variant, "--tokens", str(tokens),
-               "--vocab", str(vocab), "--seed", str(seed)]
+               "--vocab", str(vocab), "--seed", str(seed), "--chunk", str(chunk)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
@@ -79,27 +83,30 @@ def run_child(variant, tokens, vocab, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--vocab", type=int, default=151936, help="Qwen2.5's vocabulary: 151,936 rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=256, help="loss_chunk_size: target tokens per chunk")
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.tokens[0], args.vocab, args.seed)))
+        print(json.dumps(measure(args.child, args.tokens[0], args.vocab, args.seed, args.chunk)))
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; vocabulary "
-          f"{args.vocab:,}, LM hidden 64, float32, one forward + backward per fresh process")
-    print("| tokens | full logits (tokens x vocab x 4 B) | peak growth: model loss | peak growth: chunked head "
-          "| chunked / full | loss full | loss chunked | max abs grad diff (LM head) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{args.vocab:,}, LM hidden 64, float32, loss_chunk_size {args.chunk}, one forward + backward per fresh "
+          f"process; peak growth = rise of the process's peak RSS during the step")
+    print("| tokens | logits (tokens x vocab x 4 B) | " + " | ".join(f"peak growth: {name}" for name in VARIANTS.values())
+          + " | TRL / full | chunked / full | loss: full, TRL, chunked | max abs grad diff vs full (TRL, chunked) |")
+    print("|---" * (6 + len(VARIANTS)) + "|")
     for tokens in args.tokens:
-        results = {variant: run_child(variant, tokens, args.vocab, args.seed) for variant in VARIANTS}
+        results = {variant: run_child(variant, tokens, args.vocab, args.seed, args.chunk) for variant in VARIANTS}
         growth = {v: (r["after"] - r["before"]) / 2**20 for v, r in results.items()}
-        grad_diff = max(abs(a - b) for a, b in zip(results["full"]["grad"], results["chunked"]["grad"]))
-        print(f"| {tokens} | {tokens * args.vocab * 4 / 2**20:,.0f} MiB | {growth['full']:,.0f} MiB "
-              f"| {growth['chunked']:,.0f} MiB | {growth['chunked'] / max(growth['full'], 1e-9):.3f} "
-              f"| {results['full']['loss']:.6f} | {results['chunked']['loss']:.6f} | {grad_diff:.2e} |", flush=True)
-
+        diffs = [max(abs(a - b) for a, b in zip(results["full"]["grad"], results[v]["grad"])) for v in ("trl", "vift")]
+        print(f"| {tokens} | {tokens * args.vocab * 4 / 2**20:,.0f} MiB | "
+              + " | ".join(f"{growth[v]:,.0f} MiB" for v in VARIANTS)
+              + f" | {growth['trl'] / max(growth['full'], 1e-9):.2f} | {growth['vift'] / max(growth['full'], 1e-9):.2f}"
+              f" | {results['full']['loss']:.6f}, {results['trl']['loss']:.6f}, {results['vift']['loss']:.6f}"
+              f" | {diffs[0]:.1e}, {diffs[1]:.1e} |", flush=True)
 
 if __name__ == "__main__":
     main()
