@@ -261,18 +261,23 @@ def turn_split_points(labels):
 
 def text_turn_split_points(data):
     """`turn_split_points` of every text-only sample of a `TrainingData` that has any, as {sample index: offsets}
-    (samples with images are never split). Reads the labels column of each source once, through Arrow."""
+    (samples with images are never split). Reads the labels column of each source once, chunk by chunk, through
+    Arrow."""
     points = {}
     text = np.flatnonzero(np.asarray(data.num_images) == 0)
     for source_id in np.unique(data.source_ids[text]).tolist():
         members = text[data.source_ids[text] == source_id]
-        labels = data.tokenized[source_id].with_format("arrow")[:].column("labels").combine_chunks()
-        offsets, values = labels.offsets.to_numpy(), labels.values.to_numpy(zero_copy_only=False)
-        for index in members.tolist():
-            row = int(data.rows[index])
-            found = turn_split_points(values[offsets[row]:offsets[row + 1]])
-            if len(found):
-                points[index] = found
+        members = members[np.argsort(data.rows[members], kind="stable")]
+        rows = data.rows[members]
+        base = 0
+        for chunk in data.tokenized[source_id].with_format("arrow")[:].column("labels").chunks:
+            offsets, values = chunk.offsets.to_numpy(), chunk.values.to_numpy(zero_copy_only=False)
+            lo, hi = np.searchsorted(rows, [base, base + len(chunk)])
+            for index, row in zip(members[lo:hi].tolist(), (rows[lo:hi] - base).tolist()):
+                found = turn_split_points(values[offsets[row]:offsets[row + 1]])
+                if len(found):
+                    points[index] = found
+            base += len(chunk)
     return points
 
 
