@@ -1,15 +1,19 @@
 """Vision-aware packing vs padded batching, side by side: how much of each batch is real tokens, and training
-tokens/s on a model.
+tokens/s on a model at every caption share.
 
-    python benchmarks/packing.py --shapes tiny small              # CPU: fill table + the tiny and a small model
+    python benchmarks/packing.py --shapes tiny --samples 24 --repeats 2      # CPU: fill table + tiny-model throughput
     python benchmarks/packing.py --device cuda --shapes 0.5b --dtype bfloat16 --samples 256   # GPU
 
 Length mix (synthetic, like ViFT's stage 2): caption samples are 729 image tokens (SigLIP-so400m at 384 px) plus
-50-300 text tokens; text-only instructions are 100-3000 tokens; rows of max_length 4096. The fill table uses the
-packer of `modeling_vift.training.packing` (best-fit decreasing, at most 8 images per row) on 20,000 samples per mix.
-The throughput part trains the same samples both ways (forward, backward, AdamW step) and alternates the two
-passes `--repeats` times; it reports median real (non-padding) tokens per second and their ratio. Models are
-randomly initialised; the vision tower of every shape emits 729 tokens per image.
+50-300 text tokens; text-only instructions are 100-3000 tokens with 1-4 assistant turns (an assumption: uniform
+count, turn ends at random token offsets); rows of max_length 4096. The fill table uses the packers of
+`modeling_vift.training.packing` (best-fit decreasing, at most 8 images per row; whole samples, and with
+`packing_split_turns`: text conversations cut after assistant turns) on 20,000 samples per mix.
+The throughput part trains the same samples (caption share 0.5, 0.7 and 0.9) as length-grouped padded batches
+(the samples sorted by length, then batched, like `group_by_length` over one mega-batch) and as packed rows with
+split turns under `vift_packed_sdpa` (forward, backward, AdamW step), alternating the two passes `--repeats`
+times; it reports median real (non-padding) tokens per second and their ratio. Models are randomly initialised;
+the vision tower of every shape emits 729 tokens per image.
 """
 
 import argparse
@@ -26,7 +30,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_vift import ViFTConfig, ViFTForConditionalGeneration  # noqa: E402
-from modeling_vift.training.packing import PACKED_SDPA, fill_ratio, pack_bfd, register_packed_sdpa  # noqa: E402
+from modeling_vift.training.packing import (  # noqa: E402
+    PACKED_SDPA,
+    fill_ratio,
+    pack_bfd,
+    pack_bfd_split,
+    register_packed_sdpa,
+)
 
 
 IMAGE_TOKENS = 729
@@ -60,6 +70,19 @@ def sample_lengths(n, caption_share, rng):
     return lengths.astype(np.int64), is_caption.astype(np.int64)
 
 
+def sample_mix(n, caption_share, rng):
+    """`sample_lengths` plus, for text samples of several turns, the offsets where a turn ends (1-4 turns)."""
+    lengths, images = sample_lengths(n, caption_share, rng)
+    turns = rng.integers(1, 5, n)
+    points = {int(i): np.unique(rng.integers(1, lengths[i], turns[i] - 1))
+              for i in np.flatnonzero((images == 0) & (turns > 1))}
+    return lengths, images, points
+
+
+def piece_tokens(rows):
+    return [sum(end - start for _, start, end in row) for row in rows]
+
+
 def padded_fill(lengths, batch_size, rng, group_by_length=False):
     order = rng.permutation(len(lengths))
     if group_by_length:  # like transformers' group_by_length: sort inside mega-batches of 50 batches
@@ -79,16 +102,20 @@ def fill_table(max_length, batch_size, seed):
     rows = []
     for share in (0.5, 0.7, 0.9):
         rng = np.random.default_rng(seed)
-        lengths, images = sample_lengths(20_000, share, rng)
+        lengths, images, points = sample_mix(20_000, share, rng)
         bins = pack_bfd(lengths, max_length, images, max_images_per_row=8)
+        split = pack_bfd_split(lengths, max_length, points, images, max_images_per_row=8)
+        cut = sum(len(row) for row in split) - len(lengths)
         rows.append((share, padded_fill(lengths, batch_size, rng), padded_fill(lengths, batch_size, rng, True),
-                     fill_ratio([lengths[b].sum() for b in bins], max_length), len(lengths) / len(bins)))
+                     fill_ratio([lengths[b].sum() for b in bins], max_length),
+                     fill_ratio(piece_tokens(split), max_length), cut / len(points)))
     print(f"\nNon-padding share of the token slots (20,000 samples per mix, max_length {max_length}, "
           f"padded batches of {batch_size})")
-    print("| caption share | padded (random) | padded (length-grouped) | packed (BFD) | samples / packed row |")
-    print("|---|---|---|---|---|")
-    for share, padded, grouped, packed, per_row in rows:
-        print(f"| {share:.1f} | {padded:.3f} | {grouped:.3f} | {packed:.4f} | {per_row:.2f} |")
+    print("| caption share | padded (random) | padded (length-grouped) | packed (BFD) | packed, turns split "
+          "| cuts per multi-turn text sample |")
+    print("|---|---|---|---|---|---|")
+    for share, padded, grouped, packed, split, cuts in rows:
+        print(f"| {share:.1f} | {padded:.3f} | {grouped:.3f} | {packed:.4f} | {split:.4f} | {cuts:.2f} |")
 
 
 def build_model(shape, device, dtype):
@@ -118,19 +145,33 @@ def make_sample(length, has_image, config, rng):
 
 
 def packed_batches(samples, bins, image_size, seq_lens=False):
-    for members in bins:
-        ids = torch.cat([samples[i][0] for i in members])[None]
-        labels = torch.cat([samples[i][1] for i in members])[None]
-        positions = torch.cat([torch.arange(len(samples[i][0])) for i in members])[None]
-        n_images = sum(samples[i][2] for i in members)
-        batch = dict(input_ids=ids, labels=labels, position_ids=positions)
+    """Packed rows of whole samples (`bins` of sample indices)."""
+    rows = [[(int(i), 0, len(samples[i][0])) for i in members] for members in bins]
+    return piece_batches(samples, rows, seq_lens)
+
+
+def piece_batches(samples, rows, seq_lens=False):
+    """One padding-free row per packed row of `(sample, start, end)` pieces; the first label of a piece is ignored
+    and positions restart per piece, as ViFTDataCollator builds them."""
+    for row in rows:
+        ids, labels, positions, sizes = [], [], [], []
+        for index, start, end in row:
+            ids.append(samples[index][0][start:end])
+            piece_labels = samples[index][1][start:end].clone()
+            piece_labels[0] = -100
+            labels.append(piece_labels)
+            positions.append(torch.arange(end - start))
+            sizes.append(end - start)
+        n_images = sum(samples[index][2] for index, start, _ in row if start == 0)
+        batch = dict(input_ids=torch.cat(ids)[None], labels=torch.cat(labels)[None],
+                     position_ids=torch.cat(positions)[None])
         if seq_lens:  # the boundaries ViFTDataCollator(return_seq_lens=True) adds
-            lengths = torch.tensor([len(samples[i][0]) for i in members])
+            lengths = torch.tensor(sizes)
             batch["cu_seq_lens_q"] = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
-        yield batch, n_images, int(ids.numel())
+        yield batch, n_images, int(sum(sizes))
 
 
-def padded_batches(samples, order, batch_size, image_size):
+def padded_batches(samples, order, batch_size, image_size=None):
     for start in range(0, len(order), batch_size):
         members = order[start:start + batch_size]
         width = max(len(samples[i][0]) for i in members)
@@ -167,40 +208,40 @@ def throughput(args, shape):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = build_model(shape, device, dtype)
     image_size = model.config.vision_config.image_size
-    rng = np.random.default_rng(args.seed)
-    lengths, images = sample_lengths(args.samples, 0.7, rng)
-    samples = [make_sample(int(n), bool(i), model.config, rng) for n, i in zip(lengths, images)]
-    bins = pack_bfd(lengths, args.max_length, images, max_images_per_row=8)
-    order = rng.permutation(len(samples)).tolist()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    layouts = {
-        "padded batches (sdpa)": ("sdpa", lambda: padded_batches(samples, order, args.batch_size, image_size)),
-        "packed rows, sdpa with block-diagonal mask": ("sdpa", lambda: packed_batches(samples, bins, image_size)),
-        f"packed rows, {PACKED_SDPA}": (PACKED_SDPA, lambda: packed_batches(samples, bins, image_size, True)),
-    }
-    # Warm-up on one batch of each, then alternate the passes over the same samples.
-    for attention, batches in layouts.values():
-        model.set_attn_implementation(attention)
-        train_pass(model, optimizer, [next(iter(batches()))], device, image_size, dtype)
-    rates = {name: [] for name in layouts}
-    for _ in range(args.repeats):
-        for name, (attention, batches) in layouts.items():
+    print(f"\nTraining throughput, {shape} model on {args.device} ({args.dtype}): {args.samples} samples per mix, "
+          f"length-grouped padded batches of {args.batch_size} (sdpa) vs packed rows of {args.max_length} with "
+          f"split turns ({PACKED_SDPA}); forward + backward + AdamW; median of {args.repeats} alternating passes")
+    print("| caption share | layout | batches | real tokens / s | non-padding share | packed / grouped |")
+    print("|---|---|---|---|---|---|")
+    for share in (0.5, 0.7, 0.9):
+        rng = np.random.default_rng(args.seed)
+        lengths, images, points = sample_mix(args.samples, share, rng)
+        samples = [make_sample(int(n), bool(i), model.config, rng) for n, i in zip(lengths, images)]
+        rows = pack_bfd_split(lengths, args.max_length, points, images, max_images_per_row=8)
+        order = np.argsort(-lengths, kind="stable").tolist()  # length-grouped: all samples in one mega-batch
+        layouts = {
+            "padded, length-grouped": ("sdpa", lambda: padded_batches(samples, order, args.batch_size)),
+            "packed, turns split": (PACKED_SDPA, lambda: piece_batches(samples, rows, True)),
+        }
+        for attention, batches in layouts.values():  # warm-up: one batch of each
             model.set_attn_implementation(attention)
-            rates[name].append(train_pass(model, optimizer, batches(), device, image_size, dtype))
-    real = int(lengths.sum())
-    pad_slots = sum(len(order[s:s + args.batch_size]) * max(lengths[order[s:s + args.batch_size]])
+            train_pass(model, optimizer, [next(iter(batches()))], device, image_size, dtype)
+        rates = {name: [] for name in layouts}
+        for _ in range(args.repeats):
+            for name, (attention, batches) in layouts.items():
+                model.set_attn_implementation(attention)
+                rates[name].append(train_pass(model, optimizer, batches(), device, image_size, dtype))
+        batches_of = -(-len(order) // args.batch_size)
+        slots = sum(len(order[s:s + args.batch_size]) * max(lengths[order[s:s + args.batch_size]])
                     for s in range(0, len(order), args.batch_size))
-    packed_fill = fill_ratio([lengths[b].sum() for b in bins], args.max_length)
-    print(f"\nTraining throughput, {shape} model on {args.device} ({args.dtype}): {args.samples} samples "
-          f"(caption share 0.7, {real} real tokens) as {len(bins)} packed rows of {args.max_length} or "
-          f"{-(-len(order) // args.batch_size)} padded batches of {args.batch_size}; forward + backward + AdamW; "
-          f"median of {args.repeats} alternating passes")
-    print("| layout | real tokens / s | non-padding share | vs padded |")
-    print("|---|---|---|---|")
-    base = statistics.median(rates["padded batches (sdpa)"])
-    for name, values in rates.items():
-        share = real / pad_slots if name.startswith("padded") else packed_fill
-        print(f"| {name} | {statistics.median(values):,.0f} | {share:.3f} | {statistics.median(values) / base:.2f}x |")
+        shares = {"padded, length-grouped": lengths.sum() / slots,
+                  "packed, turns split": fill_ratio(piece_tokens(rows), args.max_length)}
+        counts = {"padded, length-grouped": batches_of, "packed, turns split": len(rows)}
+        base = statistics.median(rates["padded, length-grouped"])
+        for name, values in rates.items():
+            print(f"| {share:.1f} | {name} | {counts[name]} | {statistics.median(values):,.0f} | {shares[name]:.3f} "
+                  f"| {statistics.median(values) / base:.2f}x |", flush=True)
 
 
 def main():
@@ -211,7 +252,7 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=["tiny"], choices=sorted(SHAPES))
     parser.add_argument("--max_length", type=int, default=4096)
     parser.add_argument("--batch_size", type=int, default=4, help="samples per padded batch")
-    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--samples", type=int, default=24, help="samples per mix in the throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

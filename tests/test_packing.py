@@ -13,8 +13,11 @@ from modeling_vift.training.packing import (
     fill_ratio,
     merge_skips,
     pack_bfd,
+    pack_bfd_split,
     packed_rows_dataset,
     register_packed_sdpa,
+    text_turn_split_points,
+    turn_split_points,
 )
 from tests._training_fixtures import tiny_assets  # noqa: F401  (session fixture)
 
@@ -84,6 +87,95 @@ def test_bfd_reaches_97_percent_fill_on_a_caption_and_text_mix():
     assert fill_ratio([lengths[b].sum() for b in bins], 4096) >= 0.97
 
 
+def synthetic_mix(n, caption_share, seed=0):
+    """Like benchmarks/packing.py: captions 729 + 50-300 tokens; text 100-3000 tokens with 1-4 assistant turns cut
+    at random points."""
+    rng = np.random.default_rng(seed)
+    is_caption = rng.random(n) < caption_share
+    lengths = np.where(is_caption, 729 + rng.integers(50, 301, n), rng.integers(100, 3001, n))
+    turns = rng.integers(1, 5, n)
+    points = {int(i): np.unique(rng.integers(1, lengths[i], turns[i] - 1))
+              for i in np.flatnonzero(~is_caption & (turns > 1))}
+    return lengths, is_caption.astype(np.int64), points
+
+
+@pytest.mark.parametrize("caption_share", [0.5, 0.7, 0.9])
+def test_split_packing_reaches_97_percent_fill_where_whole_samples_do_not(caption_share):
+    lengths, images, points = synthetic_mix(20_000, caption_share)
+    rows = pack_bfd_split(lengths, 4096, points, images, max_images_per_row=8)
+    assert fill_ratio([sum(end - start for _, start, end in row) for row in rows], 4096) >= 0.97
+    whole = pack_bfd(lengths, 4096, images, max_images_per_row=8)
+    whole_fill = fill_ratio([lengths[b].sum() for b in whole], 4096)
+    cut = sum(len(row) for row in rows) > len(lengths)
+    # Conversations are cut only where whole samples fall short (at 0.9 the rows run out of small samples).
+    assert cut == (whole_fill < 0.97) and cut == (caption_share == 0.9)
+
+
+def test_split_pieces_tile_every_sample_once_at_its_split_points_only():
+    lengths, images, points = synthetic_mix(3000, 0.8, seed=1)
+    rows = pack_bfd_split(lengths, 4096, points, images, max_images_per_row=2)
+    assert max(sum(e - s for _, s, e in row) for row in rows) <= 4096
+    assert max(sum(images[i] for i, s, _ in row if s == 0) for row in rows) <= 2
+    pieces = {}
+    for row in rows:
+        for index, start, end in row:
+            pieces.setdefault(index, []).append((start, end))
+    assert sorted(pieces) == list(range(len(lengths)))
+    cut_samples = 0
+    for index, spans in pieces.items():
+        spans.sort()
+        edges = [s for s, _ in spans] + [spans[-1][1]]
+        assert edges[0] == 0 and edges[-1] == lengths[index]
+        assert all(end == next_start for (_, end), (next_start, _) in zip(spans[:-1], spans[1:]))
+        assert set(edges[1:-1]) <= set(points.get(index, np.zeros(0)).tolist())  # cut only at turn ends
+        assert len(spans) == 1 or not images[index]  # samples with images stay whole
+        cut_samples += len(spans) > 1
+    assert cut_samples > 0
+
+
+def test_split_packing_rejects_cuts_outside_a_sample_or_through_images():
+    with pytest.raises(ValueError, match="must increase strictly inside"):
+        pack_bfd_split([10, 10], 16, {0: [10]})
+    with pytest.raises(ValueError, match="holds images and cannot be split"):
+        pack_bfd_split([10, 10], 16, {1: [4]}, num_images=[0, 1], max_images_per_row=2)
+
+
+def test_turn_split_points_are_the_starts_of_user_turns_after_an_assistant_turn():
+    # system/user (-100), assistant (targets), user, assistant, user, assistant (targets to the end)
+    labels = [-100] * 3 + [5, 6] + [-100] * 2 + [7] + [-100] + [8, 9]
+    assert turn_split_points(labels).tolist() == [5, 8]
+    assert turn_split_points([-100, 4, 5, -100]).tolist() == []  # a trailing ignored token is no turn boundary
+    assert turn_split_points([-100, -100]).tolist() == []
+
+
+def test_split_turn_rows_collate_every_supervised_token_exactly_once(data, model_and_processor):
+    processor = model_and_processor[1]
+    points = text_turn_split_points(data)
+    assert points and all(data.num_images[i] == 0 for i in points)  # the tiny text data has two-turn samples
+    # A row length that forces cuts: the longest sample is still whole-packable.
+    max_length = int(data.lengths.max())
+    whole = packed_rows_dataset(data, max_length, packing=True, max_images_per_row=8)
+    split = packed_rows_dataset(data, max_length, packing=True, max_images_per_row=8, split_turns=True)
+    assert split.column_names == ["sources", "rows", "num_tokens", "starts", "ends"]
+    pieces = sum(len(r) for r in split["rows"])
+    assert pieces > len(data)  # some conversations were cut
+    assert sum(split["num_tokens"]) == sum(whole["num_tokens"])
+    collator = ViFTDataCollator(processor, data, padding_free=True, return_seq_lens=True)
+
+    def supervised(rows):
+        batch = collator([rows[i] for i in range(len(rows))])
+        labels, positions = batch["labels"][0], batch["position_ids"][0]
+        starts = (positions == 0).nonzero().flatten()
+        assert torch.equal(batch["cu_seq_lens_q"][:-1].long(), starts)  # one segment per piece
+        assert all(labels[s] == -100 for s in starts.tolist())
+        return len(starts), sorted(labels[labels != -100].tolist())
+
+    n_split, split_targets = supervised(split)
+    n_whole, whole_targets = supervised(whole)
+    assert (n_split, n_whole) == (pieces, len(data))
+    assert split_targets == whole_targets and len(split_targets) > 0
+
+
 def test_bfd_rejects_samples_that_cannot_fit_a_row():
     with pytest.raises(ValueError, match="exceeds max_length=10"):
         pack_bfd([5, 11], 10)
@@ -140,6 +232,31 @@ def test_packed_batch_loss_and_gradients_equal_unpacked_batch(data, model_and_pr
     assert torch.allclose(fused_loss, padded_loss, atol=1e-5, rtol=0)
     for name in fused_grads:
         assert torch.allclose(fused_grads[name], padded_grads[name], atol=1e-5, rtol=0), name
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_chunked_loss_and_gradients_equal_the_full_logits_loss(data, model_and_processor, layout):
+    model, processor = model_and_processor
+    model = copy.deepcopy(model).train()
+    rows = multi_sample_rows(data, 3)
+    batch = ViFTDataCollator(processor, data, padding_free=layout == "packed")(rows if layout == "packed"
+                                                                              else singles(rows))
+    batch.pop(SKIPS_KEY)
+    targets = int((batch["labels"] != -100).sum())
+    for num_items in (None, targets + 5):  # the model's own normalisation, and the Trainer's token count
+        extra = {} if num_items is None else {"num_items_in_batch": num_items}
+        full_loss, full_grads = loss_and_grads(model, {**batch, **extra})
+        model.zero_grad()
+        output = model(**batch, **extra, loss_chunk_size=7)  # 7 tokens per chunk: many chunks, a ragged last one
+        assert output.logits is None
+        output.loss.backward()
+        chunked_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert torch.allclose(output.loss, full_loss, atol=1e-6, rtol=1e-6)
+        assert chunked_grads.keys() == full_grads.keys()
+        for name in full_grads:
+            assert torch.allclose(chunked_grads[name], full_grads[name], atol=1e-6, rtol=1e-5), name
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        model(**batch, loss_chunk_size=-1)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA])

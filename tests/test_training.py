@@ -275,6 +275,35 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_loss_curve(tiny
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
 
 
+def test_loss_chunk_size_trains_like_trls_fused_lm_head(tiny_assets, tmp_path):  # noqa: F811
+    mixture = os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml")
+
+    def losses(*extra):
+        trainer = build_trainer(2, *tiny_args(
+            "tiny_stage2.yaml", "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture", mixture,
+            "--output_dir", tmp_path / str(len(extra)), "--max_steps", 3, "--learning_rate", 1e-3,
+            "--warmup_steps", 0, "--logging_steps", 1, "--save_strategy", "no", *extra))
+        trainer.train()
+        return [(e["loss"], e["grad_norm"]) for e in trainer.state.log_history if "loss" in e]
+
+    fused, chunked = losses(), losses("--loss_chunk_size", 16)
+    assert len(fused) == 3 and len({loss for loss, _ in fused}) > 1
+    for a, b in zip(fused, chunked):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+
+
+def test_use_liger_kernel_without_liger_kernel_fails_with_the_remedy(tiny_assets, tmp_path):  # noqa: F811
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here")
+    args = tiny_args("tiny_stage2.yaml", "--model_name_or_path", tiny_assets["checkpoint"], "--dataset_mixture",
+                     os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml"),
+                     "--output_dir", tmp_path, "--use_liger_kernel", "true")
+    with pytest.raises(ImportError, match="needs liger-kernel.*pip install liger-kernel"):
+        build_trainer(2, *args)
+
+
 def test_lora_stage2_saves_a_merged_checkpoint(tiny_assets, tmp_path):  # noqa: F811
     mixture = os.path.join(os.path.dirname(tiny_assets["stage2_captions"]), "stage2_mixture.yaml")
     trainer = build_trainer(2, *tiny_args(

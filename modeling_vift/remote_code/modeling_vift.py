@@ -427,6 +427,33 @@ class ViFTModel(ViFTPreTrainedModel):
         torch_compilable_check(longest <= max_positions, lambda: message(int(longest)))
 
 
+def _chunk_nll_sum(lm_head, hidden, targets):
+    return torch.nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_lm_loss(hidden_states, lm_head, shift_labels, chunk_size, num_items_in_batch=None):
+    """The causal LM loss of `hidden_states` ([batch, seq, hidden]) against `shift_labels` (already shifted, -100 =
+    ignored), as transformers' loss computes it (float32 cross-entropy, summed, divided by `num_items_in_batch` or
+    by the number of targets), with the LM head applied to `chunk_size` target tokens at a time under activation
+    checkpointing: only one chunk's logits exist at a time, in forward and in backward."""
+    if chunk_size <= 0:
+        raise ValueError(f"loss_chunk_size must be a positive number of tokens, got {chunk_size}.")
+    from torch.utils.checkpoint import checkpoint
+
+    targets = shift_labels.reshape(-1).to(hidden_states.device)
+    keep = targets != -100
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]
+    targets = targets[keep]
+    total = hidden_states.sum() * 0.0  # keeps the graph (and a float loss) when no token is a target
+    for start in range(0, targets.numel(), chunk_size):
+        total = total + checkpoint(_chunk_nll_sum, lm_head, hidden[start:start + chunk_size],
+                                   targets[start:start + chunk_size], use_reentrant=False)
+    denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(total.device)
+    return total.float() / denominator
+
+
 class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
     """ViFT with a language-modelling head; `generate` supports ViFT's fused inference (`fusion=True`)."""
 
@@ -518,12 +545,16 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
         vision_feature_select_strategy=None,
         image_features=None,
         cache=None,
+        loss_chunk_size=None,
         **kwargs,
     ):
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for the causal LM loss (-100 = ignored). In padding-free packed rows (`attention_mask=None`,
             `position_ids` restarting at 0 per sample) no label is predicted across a sample boundary.
+        loss_chunk_size (`int`, *optional*):
+            With `labels`: compute the LM head and the loss `loss_chunk_size` target tokens at a time (recomputed in
+            backward), so the `[tokens x vocab]` logits never exist at once; the output then has no `logits`.
         The processor's `text_input_ids` / `text_attention_mask` (used only by fused generation) are ignored here.
         """
         kwargs.pop("text_input_ids", None)
@@ -546,8 +577,11 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        chunked = bool(loss_chunk_size) and labels is not None
+        logits = None
+        if not chunked:
+            slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, slice_indices, :])
 
         loss = None
         if labels is not None:
@@ -556,9 +590,16 @@ class ViFTForConditionalGeneration(ViFTPreTrainedModel, GenerationMixin):
                 labels = labels.masked_fill(labels == self.config.image_token_id, -100)
             if attention_mask is None and position_ids is not None and "shift_labels" not in kwargs:
                 kwargs["shift_labels"] = packed_shift_labels(labels, position_ids)
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+            if chunked:
+                shift_labels = kwargs.get("shift_labels")
+                if shift_labels is None:
+                    shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+                loss = chunked_lm_loss(hidden_states, self.lm_head, shift_labels, int(loss_chunk_size),
+                                       kwargs.get("num_items_in_batch"))
+            else:
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+                )
 
         output = ViFTCausalLMOutputWithPast(
             loss=loss,

@@ -9,6 +9,7 @@ Not part of the remote-code bundle.
 """
 
 import logging
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -166,31 +167,159 @@ def pack_bfd(lengths, max_length, num_images=None, max_images_per_row=None):
     return [np.asarray(b, dtype=np.int64) for b in bins]
 
 
-def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=None):
+def pack_bfd_split(lengths, max_length, split_points, num_images=None, max_images_per_row=None, target_fill=0.97):
+    """Best-fit-decreasing packing in which some samples may be cut at given token offsets (`split_points`: a mapping
+    from sample index to the offsets, strictly inside the sample, where a piece may start: for a conversation, the
+    first token after each assistant turn but the last; see `turn_split_points`). Splittable samples must hold no
+    images (images are never cut).
+
+    When `pack_bfd` of the whole samples already fills `target_fill` of the row slots, nothing is cut. Otherwise the
+    samples without split points are packed first (`pack_bfd`); then each splittable sample that fits whole into an
+    open row goes into the tightest one, longest first; the others are cut at all their points and the pieces are
+    packed best-fit decreasing into the open rows (new rows when none fits), the small pieces last so that they fill
+    the gaps; pieces of one sample that land in the same row one after the other are joined again.
+
+    Returns a list of rows, each a list of `(sample index, start, end)` pieces (token offsets, end exclusive); the
+    pieces of every sample tile it exactly once."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    images = np.zeros(len(lengths), dtype=np.int64) if num_images is None else np.asarray(num_images, dtype=np.int64)
+    cap = 0 if num_images is None or max_images_per_row is None else int(max_images_per_row)
+    cuts = {}
+    for index, points in (split_points or {}).items():
+        index, points = int(index), np.asarray(points, dtype=np.int64)
+        if len(points) and (points.min() <= 0 or points.max() >= lengths[index] or np.any(np.diff(points) <= 0)):
+            raise ValueError(
+                f"pack_bfd_split: the split points of sample {index} must increase strictly inside its "
+                f"{int(lengths[index])} tokens, got {points.tolist()}."
+            )
+        if len(points) and images[index]:
+            raise ValueError(f"pack_bfd_split: sample {index} holds images and cannot be split; give split points "
+                             f"for text-only samples only.")
+        if len(points):
+            cuts[index] = points
+    whole_rows = pack_bfd(lengths, max_length, num_images, max_images_per_row)
+    if not cuts or fill_ratio([lengths[r].sum() for r in whole_rows], max_length) >= target_fill:
+        return [[(int(i), 0, int(lengths[i])) for i in row] for row in whole_rows]
+
+    fixed = np.asarray([i for i in range(len(lengths)) if i not in cuts], dtype=np.int64)
+    bins = [[(int(fixed[i]), 0, int(lengths[fixed[i]])) for i in row]
+            for row in pack_bfd(lengths[fixed], max_length, None if num_images is None else images[fixed],
+                                max_images_per_row)]
+    tree = _CapacityTree(max_length, cap)
+    for bin_id, row in enumerate(bins):
+        used = sum(end - start for _, start, end in row)
+        if used < max_length:
+            tree.add(bin_id, max_length - used, cap - int(images[[i for i, _, _ in row]].sum()))
+
+    def place(piece):
+        size = piece[2] - piece[1]
+        best = tree.pop_best(size, 0)
+        if best is None:
+            bins.append([piece])
+            bin_id, capacity, room = len(bins) - 1, max_length - size, cap
+        else:
+            bin_id, capacity, room = best
+            bins[bin_id].append(piece)
+            capacity -= size
+        if capacity > 0:
+            tree.add(bin_id, capacity, room)
+
+    pieces = []
+    for index in sorted(cuts, key=lambda i: (-lengths[i], i)):
+        length = int(lengths[index])
+        if tree._first_at_least(length, 0) is not None:
+            place((index, 0, length))
+        else:
+            edges = [0, *cuts[index].tolist(), length]
+            pieces.extend((index, start, end) for start, end in zip(edges[:-1], edges[1:]))
+    for piece in sorted(pieces, key=lambda p: (p[1] - p[2], p[0], p[1])):
+        place(piece)
+    rows = []
+    for members in bins:
+        row = []
+        for index, start, end in sorted(members):
+            if row and row[-1][0] == index and row[-1][2] == start:
+                row[-1] = (index, row[-1][1], end)  # the next piece of the same sample: join them again
+            else:
+                row.append((index, start, end))
+        rows.append(row)
+    return rows
+
+
+def turn_split_points(labels):
+    """Token offsets where a tokenised conversation may be cut without losing a target: the first token after each
+    assistant turn but the last (an ignored label right after a supervised one, with supervised tokens after it).
+    Every target keeps the token before it in the same piece, so the pieces together carry each supervised token
+    exactly once; the later pieces lose the earlier turns as context."""
+    supervised = np.asarray(labels) != -100
+    if not supervised.any():
+        return np.zeros(0, dtype=np.int64)
+    points = np.flatnonzero(supervised[:-1] & ~supervised[1:]) + 1
+    return points[points < np.flatnonzero(supervised)[-1]].astype(np.int64)
+
+
+def text_turn_split_points(data):
+    """`turn_split_points` of every text-only sample of a `TrainingData` that has any, as {sample index: offsets}
+    (samples with images are never split). Reads the labels column of each source once, chunk by chunk, through
+    Arrow."""
+    points = {}
+    text = np.flatnonzero(np.asarray(data.num_images) == 0)
+    for source_id in np.unique(data.source_ids[text]).tolist():
+        members = text[data.source_ids[text] == source_id]
+        members = members[np.argsort(data.rows[members], kind="stable")]
+        rows = data.rows[members]
+        base = 0
+        for chunk in data.tokenized[source_id].with_format("arrow")[:].column("labels").chunks:
+            offsets, values = chunk.offsets.to_numpy(), chunk.values.to_numpy(zero_copy_only=False)
+            lo, hi = np.searchsorted(rows, [base, base + len(chunk)])
+            for index, row in zip(members[lo:hi].tolist(), (rows[lo:hi] - base).tolist()):
+                found = turn_split_points(values[offsets[row]:offsets[row + 1]])
+                if len(found):
+                    points[index] = found
+            base += len(chunk)
+    return points
+
+
+def packed_rows_dataset(data, max_length=None, packing=True, max_images_per_row=None, split_turns=False,
+                        split_target_fill=0.97):
     """The training dataset of a `TrainingData`: a `datasets.Dataset` with one row per packed row (or per sample when
     `packing=False`) and columns `sources`, `rows` (references into the tokenised sources) and `num_tokens`.
+    With `split_turns=True` (packing only), multi-turn text-only conversations may be cut after an assistant turn to
+    fill rows when whole samples fill less than `split_target_fill` of the slots (`pack_bfd_split`), and the columns
+    `starts` / `ends` give each piece's token range.
     Built straight from numpy arrays into Arrow, never as Python lists of records."""
     import datasets
     import pyarrow as pa
 
+    starts = ends = None
     if packing:
         if max_length is None:
             raise ValueError("Packing needs max_length (the length of a packed row).")
-        bins = pack_bfd(data.lengths, max_length, data.num_images, max_images_per_row)
-        members = np.concatenate(bins)
+        if split_turns:
+            bins = pack_bfd_split(data.lengths, max_length, text_turn_split_points(data), data.num_images,
+                                  max_images_per_row, target_fill=split_target_fill)
+            pieces = np.asarray([piece for row in bins for piece in row], dtype=np.int64).reshape(-1, 3)
+            members, starts, ends = pieces[:, 0], pieces[:, 1], pieces[:, 2]
+        else:
+            bins = pack_bfd(data.lengths, max_length, data.num_images, max_images_per_row)
+            members = np.concatenate(bins)
         offsets = np.concatenate([[0], np.cumsum([len(b) for b in bins])]).astype(np.int64)
     else:
+        if split_turns:
+            raise ValueError("split_turns cuts conversations to fill packed rows: it needs packing=True.")
         members = np.arange(len(data), dtype=np.int64)
         offsets = np.arange(len(data) + 1, dtype=np.int64)
-    num_tokens = np.add.reduceat(data.lengths[members].astype(np.int64), offsets[:-1]) if len(members) else []
-    table = pa.table(
-        {
-            "sources": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.source_ids[members])),
-            "rows": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.rows[members])),
-            "num_tokens": pa.array(np.asarray(num_tokens, dtype=np.int64)),
-        }
-    )
-    return datasets.Dataset(table)
+    sizes = data.lengths[members].astype(np.int64) if starts is None else ends - starts
+    num_tokens = np.add.reduceat(sizes, offsets[:-1]) if len(members) else []
+    columns = {
+        "sources": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.source_ids[members])),
+        "rows": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data.rows[members])),
+        "num_tokens": pa.array(np.asarray(num_tokens, dtype=np.int64)),
+    }
+    if starts is not None:
+        columns["starts"] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(starts))
+        columns["ends"] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ends))
+    return datasets.Dataset(pa.table(columns))
 
 
 def fill_ratio(row_lengths, max_length):
@@ -242,7 +371,8 @@ class ViFTDataCollator:
         samples, skips = [], {}
         for row in rows:
             sample_group = []
-            for source_id, record in zip(row["sources"], row["rows"]):
+            spans = zip(row["starts"], row["ends"]) if row.get("starts") is not None else repeat((None, None))
+            for source_id, record, (start, end) in zip(row["sources"], row["rows"], spans):
                 source = self.sources[source_id]
                 try:
                     images = source.load_images(record)
@@ -254,10 +384,10 @@ class ViFTDataCollator:
                     logger.warning("Skipping a sample of source %r (row %d): %s", source.name, record, error)
                     continue
                 tokens = self.tokenized[source_id][int(record)]
-                labels = np.asarray(tokens["labels"], dtype=np.int64)
-                input_ids = self._expand(tokens["input_ids"])
-                labels = np.repeat(labels, np.where(np.asarray(tokens["input_ids"]) == self.image_token_id,
-                                                    self.image_seq_length, 1))
+                raw_ids = np.asarray(tokens["input_ids"], dtype=np.int64)[start:end]  # a piece of a split sample
+                labels = np.asarray(tokens["labels"], dtype=np.int64)[start:end]
+                input_ids = self._expand(raw_ids)
+                labels = np.repeat(labels, np.where(raw_ids == self.image_token_id, self.image_seq_length, 1))
                 labels[0] = -100  # the first token of a sample is never a target
                 sample_group.append((input_ids, labels, images))
             samples.append(sample_group)
@@ -352,4 +482,5 @@ def merge_skips(failed, skips):
     return failed
 
 
-__all__ = ["PACKED_SDPA", "ViFTDataCollator", "packed_sdpa_attention", "register_packed_sdpa", "fill_ratio", "merge_skips", "pack_bfd", "packed_rows_dataset", "SkipReport"]
+__all__ = ["PACKED_SDPA", "ViFTDataCollator", "packed_sdpa_attention", "register_packed_sdpa", "fill_ratio", "merge_skips", "pack_bfd", "pack_bfd_split", "packed_rows_dataset",
+           "text_turn_split_points", "turn_split_points", "SkipReport"]

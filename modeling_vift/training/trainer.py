@@ -70,6 +70,17 @@ class ViFTScriptArguments:
                   "do not fit is always dropped (images are never cut)."},
     )
     max_images_per_row: int | None = field(default=8, metadata={"help": "Cap on images per packed row."})
+    packing_split_turns: bool = field(
+        default=False,
+        metadata={"help": "Packing: let multi-turn text-only conversations be cut after an assistant turn to fill "
+                  "rows (every assistant token keeps its loss once; a later piece loses the earlier turns as "
+                  "context). Lifts the fill of caption-heavy mixes; samples with images are never cut."},
+    )
+    packing_split_target_fill: float = field(
+        default=0.97,
+        metadata={"help": "With packing_split_turns: cut nothing when whole samples already fill this share of the "
+                  "row slots."},
+    )
     strict_images: bool = field(
         default=False, metadata={"help": "Fail on the first bad record or missing/unreadable image instead of skipping."}
     )
@@ -91,6 +102,12 @@ class ViFTScriptArguments:
     vpgc_num_heads: int = field(default=4, metadata={"help": "VPG-C stage: attention heads of a new VPG-C module."})
     vpgc_hidden_size: int | None = field(
         default=None, metadata={"help": "VPG-C stage: width of a new VPG-C module (default: the vision hidden size)."}
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Compute the LM head and loss this many target tokens at a time with the model's own "
+                  "chunked loss (no [tokens x vocab] logits at once). Unset: TRL's fused LM head (also chunked, "
+                  "in 4096-token x 32768-column tiles, Triton-fused on GPU)."},
     )
     always_run_vision: bool = field(
         default=True,
@@ -307,8 +324,9 @@ class ViFTSFTTrainer(SFTTrainer):
     images, each file counted once however often it is loaded), logged as `skipped_samples` and gathered across
     ranks by `skip_report()`."""
 
-    def __init__(self, *args, learning_rates=None, data_report=None, card=None, **kwargs):
+    def __init__(self, *args, learning_rates=None, data_report=None, card=None, loss_chunk_size=None, **kwargs):
         self.learning_rates = dict(learning_rates or {})
+        self.loss_chunk_size = loss_chunk_size
         unknown = set(self.learning_rates) - {"vision_tower", "multi_modal_projector", "language_model"}
         if unknown:
             raise ValueError(f"learning_rates keys must be vision_tower, multi_modal_projector or language_model; "
@@ -354,6 +372,15 @@ class ViFTSFTTrainer(SFTTrainer):
         skips = inputs.pop(SKIPS_KEY, None)
         if skips and model.training:
             merge_skips(self.failed_images, skips)
+        if self.loss_chunk_size:
+            # The model's own chunked loss (through the model's forward, so FSDP/DDP wrappers see the call),
+            # scaled as TRL scales its fused-head loss.
+            outputs = model(**inputs, use_cache=False, loss_chunk_size=self.loss_chunk_size,
+                            num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs, start_time=None):
@@ -420,10 +447,17 @@ def build_trainer(stage, script_args, training_args, model_args):
             num_proc=training_args.dataset_num_proc, seed=training_args.seed, log=logger.info,
         )
     logger.info(data.report.format("ViFT data preparation"))
-    train_dataset = packed_rows_dataset(data, training_args.max_length, packing, script_args.max_images_per_row)
+    split_turns = packing and script_args.packing_split_turns
+    train_dataset = packed_rows_dataset(data, training_args.max_length, packing, script_args.max_images_per_row,
+                                        split_turns=split_turns,
+                                        split_target_fill=script_args.packing_split_target_fill)
     if packing:
         logger.info("Packed %d samples into %d rows of %d tokens (fill %.4f).", len(data), len(train_dataset),
                     training_args.max_length, fill_ratio(train_dataset["num_tokens"], training_args.max_length))
+    if split_turns:
+        pieces = sum(len(r) for r in train_dataset["rows"])
+        logger.info("packing_split_turns: %d pieces for %d samples (%d cuts after assistant turns).", pieces,
+                    len(data), pieces - len(data))
     collator = ViFTDataCollator(
         processor, data, padding_free=padding_free, strict_images=script_args.strict_images,
         always_run_vision=script_args.always_run_vision,
@@ -431,6 +465,9 @@ def build_trainer(stage, script_args, training_args, model_args):
         return_seq_lens=padding_free and attn_uses_seq_lens(model.config._attn_implementation),
     )
 
+    if training_args.use_liger_kernel:
+        apply_liger_to_language_model(model, training_args.liger_kernel_config)
+        training_args.use_liger_kernel = False  # done here: the Trainer's own call would find no kernels for "vift"
     trainable = configure_stage(model, stage, use_lora=use_lora, train_vision_tower=script_args.train_vision_tower)
     logger.info("Stage %s: %d trainable parameters before PEFT.", stage, trainable)
     learning_rates = {}
@@ -450,6 +487,7 @@ def build_trainer(stage, script_args, training_args, model_args):
         data_report=data.report,
         card={"stage": stage, "started_from": model_args.model_name_or_path,
               "vision_tower": script_args.vision_tower_name_or_path},
+        loss_chunk_size=script_args.loss_chunk_size,
     )
 
 
@@ -462,6 +500,24 @@ def write_training_card(folder, config, stage=None, started_from=None, vision_to
                                 vision_tower=vision_tower, step=step, adapter=adapter)
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write(card)
+
+
+def apply_liger_to_language_model(model, kernel_config=None):
+    """`use_liger_kernel: true` for a ViFT model: Liger patches models by `config.model_type` and has no kernels for
+    "vift" (transformers' Trainer would apply nothing), so its layer kernels (RMSNorm, RoPE, SwiGLU) go onto the
+    language model (e.g. "qwen2"). Its fused linear cross-entropy is left off: TRL's fused LM head (or
+    `loss_chunk_size`) computes the loss. Needs liger-kernel, hence Triton and a GPU."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as error:
+        raise ImportError(
+            f"use_liger_kernel: true needs liger-kernel, which is not importable here ({error}). It runs Triton "
+            f"kernels, so it needs a CUDA GPU: `pip install liger-kernel` there, or set use_liger_kernel: false "
+            f"(TRL's fused LM head already keeps the full logits out of memory)."
+        ) from None
+    config = {k: v for k, v in (kernel_config or {}).items() if k not in ("fused_linear_cross_entropy", "cross_entropy")}
+    _apply_liger_kernel_to_instance(model=model.model.language_model, fused_linear_cross_entropy=False,
+                                    cross_entropy=False, **config)
 
 
 def save_final(trainer, output_dir):
@@ -514,7 +570,8 @@ def run(stage, args=None):
 
 
 __all__ = [
-    "ViFTSFTConfig", "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "configure_stage", "lm_lora_config",
+    "ViFTSFTConfig", "ViFTSFTTrainer", "ViFTScriptArguments", "apply_liger_to_language_model", "build_trainer",
+    "configure_stage", "lm_lora_config",
     "load_stage_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
     "write_training_card",
 ]
