@@ -312,16 +312,20 @@ def overrides(mapping):
 
 def run_stage0(stage, lm_dir, data_dir, output_dir):
     """Stage 0 with TRL's own SFT script: the language model learns the text-only tasks."""
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
     from trl.scripts.sft import main as sft_main
-    from trl.scripts.sft import make_parser as sft_parser
 
+    from modeling_vift.training import ViFTSFTConfig
     from modeling_vift.training.packing import register_packed_sdpa
 
     register_packed_sdpa()  # the stage-0 config trains with attn_implementation: vift_packed_sdpa
 
     args = ["--config", resolve(stage["config"]), "--model_name_or_path", lm_dir, "--dataset_name", data_dir,
             "--output_dir", output_dir] + overrides(stage.get("overrides"))
-    script_args, training_args, model_args, dataset_args = sft_parser().parse_args_and_config(args)
+    # TRL's `sft` parser with vift's SFTConfig, which spells checkpointing the way the running transformers does
+    # (TRL's own default trips transformers 5.24's deprecation warning).
+    parser = TrlParser((ScriptArguments, ViFTSFTConfig, ModelConfig, DatasetMixtureConfig))
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(args)
     sft_main(script_args, training_args, model_args, dataset_args)
     return "trl sft " + " ".join(args)
 

@@ -5,7 +5,7 @@ set-up for every stage (`trainer`). Entry points: `recipes/stage1_align.py`, `re
 Not part of the remote-code bundle; it may use trl, peft, accelerate, datasets and yaml.
 """
 
-from .trainer import ViFTScriptArguments, ViFTSFTTrainer, build_trainer, main, make_parser, run
+from .trainer import ViFTScriptArguments, ViFTSFTConfig, ViFTSFTTrainer, build_trainer, main, make_parser, run
 
 
-__all__ = ["ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "main", "make_parser", "run"]
+__all__ = ["ViFTSFTConfig", "ViFTSFTTrainer", "ViFTScriptArguments", "build_trainer", "main", "make_parser", "run"]
