@@ -32,7 +32,7 @@ $(STAMP): setup.py $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q uv==$(UV_VERSION)
 	$(UV_INSTALL) --python $(VENV)/bin/python $(TORCH)
-	$(UV_INSTALL) --python $(VENV)/bin/python -c $(LOCK) -e ".[test,lint]"
+	DS_BUILD_OPS=0 $(UV_INSTALL) --python $(VENV)/bin/python -c $(LOCK) $(TORCH) -e ".[test,lint,deepspeed]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -34,6 +34,9 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
         "lint": ["ruff>=0.6"],
+        # ZeRO-2/3 (recipes/accelerate/zero*.yaml). Built from its sdist (no wheel on PyPI; no CUDA needed, ops are
+        # compiled on first use). Install it in the same command as the pinned torch, or it pulls a CUDA build.
+        "deepspeed": ["deepspeed>=0.19.8"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

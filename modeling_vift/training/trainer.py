@@ -24,6 +24,7 @@ from transformers import TrainingArguments
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from .data import MixtureConfig, SkipReport, build_training_data
+from .distributed import parameter_layout, save_fsdp2_model, unshard_fsdp2_lm_head
 from .packing import (
     PACKED_SDPA,
     SKIPS_KEY,
@@ -372,6 +373,8 @@ class ViFTSFTTrainer(SFTTrainer):
         skips = inputs.pop(SKIPS_KEY, None)
         if skips and model.training:
             merge_skips(self.failed_images, skips)
+        if model.training and self.is_fsdp_enabled:
+            unshard_fsdp2_lm_head(model)
         if self.loss_chunk_size:
             # The model's own chunked loss (through the model's forward, so FSDP/DDP wrappers see the call),
             # scaled as TRL scales its fused-head loss.
@@ -535,6 +538,8 @@ def save_final(trainer, output_dir):
             trainer.processing_class.save_pretrained(output_dir)
             write_training_card(output_dir, merged.config, **trainer.card)
         trainer.accelerator.wait_for_everyone()
+    elif trainer.accelerator.is_fsdp2:
+        save_fsdp2_model(trainer, output_dir)
     else:
         trainer.save_model(output_dir)
 
@@ -548,6 +553,9 @@ def main(stage, script_args, training_args, model_args):
     transformers.utils.logging.set_verbosity_warning()
     trainer = build_trainer(stage, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    accelerator = trainer.accelerator
+    logger.info("[rank %d/%d] parameter layout: %s", accelerator.process_index, accelerator.num_processes,
+                json.dumps(parameter_layout(trainer.model, trainer.optimizer)))
     report = trainer.skip_report()
     save_final(trainer, training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -556,7 +564,6 @@ def main(stage, script_args, training_args, model_args):
         with open(os.path.join(training_args.output_dir, REPORT_FILE), "w") as f:
             json.dump(report.to_dict(), f, indent=2)
         trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
-    accelerator = trainer.accelerator
     print(f"[rank {accelerator.process_index}/{accelerator.num_processes}] ViFT stage {stage} finished.", flush=True)
     if hasattr(trainer, "end"):
         trainer.end()
