@@ -83,6 +83,8 @@ class WorldConfig:
     text_eval: int = 300
     demon_fraction: float = 0.2
     position_first: bool = True
+    answer_opener: bool = True
+    undescribed_fraction: float = 0.0
 
     def __post_init__(self):
         if self.grid not in POSITION_NAMES:
@@ -214,9 +216,15 @@ def scene_descriptions(scenes, config):
 ANSWER_LEAD = "So the answer is"
 
 
-def reasoned_answer(descriptions, answer):
-    """The answers of the text-only instructions: first what the image(s) show, then the answer."""
-    return " ".join(descriptions) + f" {ANSWER_LEAD} {answer}."
+ANSWER_OPENER = "Let me describe it first."
+
+
+def reasoned_answer(descriptions, answer, opener=True):
+    """The answers of the text-only instructions: first what the image(s) show, then the answer. With `opener`
+    they start with `ANSWER_OPENER`: an instruction answer has its own style from the first word on (as an instruct
+    LLM's answers do), unlike a caption, so the first generated token already says which of the two a response is."""
+    text = " ".join(descriptions) + f" {ANSWER_LEAD} {answer}."
+    return f"{ANSWER_OPENER} {text}" if opener else text
 
 
 def final_answer(text):
@@ -422,9 +430,13 @@ def _text_record(rng, config, i, prefix):
     """A text-only instruction: the scene(s) as text, the question; the answer restates the scene(s), then answers."""
     scenes, kind, question, answer, _ = _instance(rng, config)
     descriptions = scene_descriptions(scenes, config)
+    # A share of the questions come without their scene description (as users ask an LLM about things it was not
+    # shown); the answer still describes the scene, then answers: the LM learns that a question gets a described
+    # answer, whether or not the description is in the prompt.
+    shown = descriptions if rng.random() >= config.undescribed_fraction else []
     return {"id": f"{prefix}-{i}", "kind": kind, "answer": answer, "conversations": [
-        {"from": "human", "value": textual_prompt(descriptions, question)},
-        {"from": "gpt", "value": reasoned_answer(descriptions, answer)}]}
+        {"from": "human", "value": textual_prompt(shown, question)},
+        {"from": "gpt", "value": reasoned_answer(descriptions, answer, config.answer_opener)}]}
 
 
 def build_world(root, config=None):

@@ -42,7 +42,18 @@ def test_stage1_trains_the_projector_only_and_stage2_everything():
     configure_stage(model, 1)
     assert trainable_names(model) == {n for n, _ in model.named_parameters() if ".multi_modal_projector." in n}
     configure_stage(model, 2)
-    assert trainable_names(model) == {n for n, _ in model.named_parameters()}
+    frozen = {n for n, _ in model.named_parameters()} - trainable_names(model)
+    tower = model.model.vision_tower
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    first_unused = model.config.vision_feature_layer % (len(layers) + 1)
+    assert frozen and frozen == {n for n, _ in model.named_parameters() if ".vision_tower." in n and n.split(
+        ".vision_tower.")[-1].removeprefix("vision_model.").startswith(
+        tuple(f"encoder.layers.{i}." for i in range(first_unused, len(layers))) + ("post_layernorm.", "head."))}
+    # what stays trainable is exactly what the forward uses: every trainable parameter gets a gradient
+    pixel_values = torch.randn(1, 3, tower.config.image_size, tower.config.image_size)
+    model.model.get_image_features(pixel_values).pooler_output.sum().backward()
+    assert all(p.grad is not None for n, p in tower.named_parameters() if p.requires_grad)
+    assert all(p.grad is None for n, p in tower.named_parameters() if not p.requires_grad)
     configure_stage(model, 2, train_vision_tower=False)
     assert not any(".vision_tower." in n for n in trainable_names(model))
 

@@ -261,9 +261,30 @@ def configure_stage(model, stage, use_lora=False, train_vision_tower=True):
         model.requires_grad_(True)
         if use_lora or not train_vision_tower:
             base.vision_tower.requires_grad_(False)
+        else:
+            unused = unused_vision_parameters(model)
+            for name, parameter in base.vision_tower.named_parameters():
+                if name in unused:
+                    parameter.requires_grad_(False)
     else:
         raise ValueError(f"stage must be 1, 2 or 'vpgc', got {stage!r}.")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def unused_vision_parameters(model):
+    """Names (within the vision tower) of the tower's parameters the forward never uses: the encoder layers after
+    `vision_feature_layer` (ViFT reads that hidden state, not the tower's output) and what acts only on the tower's
+    output (`post_layernorm`, the pooling `head`). Left trainable they never get a gradient, the optimizer keeps no
+    state for them, and a sharded FSDP2 checkpoint then cannot be resumed."""
+    base = model.model
+    tower = base.vision_tower
+    layers = getattr(getattr(getattr(tower, "vision_model", tower), "encoder", None), "layers", None)
+    if layers is None:
+        return set()
+    first_unused = base.config.vision_feature_layer % (len(layers) + 1)  # hidden_states[k] is the output of layer k-1
+    prefixes = tuple(f"encoder.layers.{i}." for i in range(first_unused, len(layers))) + ("post_layernorm.", "head.")
+    return {name for name, _ in tower.named_parameters()
+            if name.removeprefix("vision_model.").startswith(prefixes)}
 
 
 def lm_lora_config(model_args):
@@ -578,7 +599,7 @@ def run(stage, args=None):
 
 __all__ = [
     "ViFTSFTConfig", "ViFTSFTTrainer", "ViFTScriptArguments", "apply_liger_to_language_model", "build_trainer",
-    "configure_stage", "lm_lora_config",
+    "configure_stage", "lm_lora_config", "unused_vision_parameters",
     "load_stage_model_and_processor", "main", "make_parser", "parameter_part", "prepare_sft_config", "run", "save_final",
     "write_training_card",
 ]
