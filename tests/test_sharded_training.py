@@ -167,31 +167,35 @@ def zero_optimizer_shards(checkpoint):
     return sorted(p.name for p in (checkpoint / "global_step2").glob("zero_pp_rank_*_optim_states.pt"))
 
 
+def zero_run_resumed(stage, tiny_assets, single_process, tmp_path, monkeypatch):  # noqa: F811
+    """A DeepSpeed run on CPU compared with the single process, then resumed from its checkpoint and compared again;
+    returns the run, whose checkpoint holds one optimizer shard per rank."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    run = train_and_compare(stage, tmp_path, tiny_assets, single_process)
+    resume_and_compare(run, tiny_assets, tmp_path)
+    assert zero_optimizer_shards(run["checkpoint"]) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+    return run
+
+
 @needs_deepspeed
 @pytest.mark.timeout(TEST_TIMEOUT)
 def test_zero2_shards_optimizer_state_matches_one_process_and_resumes(
         tiny_assets, single_process, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    run = train_and_compare("zero2", tmp_path, tiny_assets, single_process)
-    resume_and_compare(run, tiny_assets, tmp_path)
-    parameters, layouts, checkpoint = run["parameters"], run["layouts"], run["checkpoint"]
+    run = zero_run_resumed("zero2", tiny_assets, single_process, tmp_path, monkeypatch)
+    parameters, layouts = run["parameters"], run["layouts"]
     for layout in layouts:  # weights whole on each rank; AdamW's two moments for about half of them
         assert layout["placements"] == ["whole"] and layout["local_parameters"] == parameters, layout
         assert 0 < layout["optimizer_state"] < 0.6 * 2 * parameters, layout
     assert sum(layout["optimizer_state"] for layout in layouts) >= 2 * parameters
-    assert zero_optimizer_shards(checkpoint) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
 
 
 @needs_deepspeed
 @pytest.mark.timeout(TEST_TIMEOUT)
 def test_zero3_shards_parameters_matches_one_process_and_resumes(
         tiny_assets, single_process, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    run = train_and_compare("zero3", tmp_path, tiny_assets, single_process)
-    resume_and_compare(run, tiny_assets, tmp_path)
-    parameters, layouts, checkpoint = run["parameters"], run["layouts"], run["checkpoint"]
+    run = zero_run_resumed("zero3", tiny_assets, single_process, tmp_path, monkeypatch)
+    parameters, layouts = run["parameters"], run["layouts"]
     for layout in layouts:  # each rank stores its partition of every parameter (padded to equal sizes)
         assert layout["placements"] == ["zero3"] and layout["local_parameters"] < 0.6 * parameters, layout
         assert 0 < layout["optimizer_state"] < 0.6 * 2 * parameters, layout
     assert sum(layout["local_parameters"] for layout in layouts) >= parameters
-    assert zero_optimizer_shards(checkpoint) == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
