@@ -127,9 +127,9 @@ class Console:
 class Table:
     """Prints one row per finished step, as the run goes, and keeps the rows for the summary."""
 
-    def __init__(self, console):
+    def __init__(self, console=None):
         self.rows = []
-        self.console = console
+        self.console = console or Console()
         self.start = time.time()
         console.print(f"{'step':<34}{'seconds':>9}  result")
         console.print("-" * 96)

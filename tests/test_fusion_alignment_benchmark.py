@@ -4,6 +4,7 @@ validation split over the demo's own grid. The accuracies of a smoke model mean 
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -45,7 +46,7 @@ def test_several_folders_tuned_on_validation_give_rows_per_folder_and_spread(smo
     assert "| seed 0 | all | 10 |" in out and "| seed 7 | all | 10 |" in out
     plain = runs[0]["test"]["plain"]["all"]
     assert f"| all | 10 | {plain:.3f} ± 0.000 [{plain:.3f}, {plain:.3f}] |" in out
-    assert "DEMON-format fixtures (5 samples)" in out
+    assert re.search(r"DEMON-format fixtures \(\d+ samples\)", out)
 
 
 def test_a_fixed_setting_and_bad_folders(smoke_folders, capsys, tmp_path):
