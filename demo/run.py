@@ -3,7 +3,11 @@
 ```bash
 python -m demo                                   # the full demo (demo/configs/demo.yaml), writes demo_output/
 python -m demo --config demo/configs/smoke.yaml --output_dir /tmp/vift-smoke   # the test suite's tiny version
+python -m demo --seeds 0 1 2 --output_dir demo_seeds  # one run per seed, then the spread over the seeds
 ```
+The console shows the step table, one progress bar per stage and the summary (with paired bootstrap intervals of
+fused minus plain and fused minus the no-image control); trainer logs and warnings go to `<output_dir>/demo.log`
+(`--verbose` shows them on the console).
 
 What runs, in order (every number printed is measured in this run):
 1. the world: images, captions, text-only instructions, held-out visual instructions (val/test) - `demo/world.py`;
