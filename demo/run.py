@@ -135,8 +135,8 @@ class Table:
         self.rows = []
         self.console = console or Console()
         self.start = time.time()
-        console.print(f"{'step':<34}{'seconds':>9}  result")
-        console.print("-" * 96)
+        self.console.print(f"{'step':<34}{'seconds':>9}  result")
+        self.console.print("-" * 96)
 
     def row(self, step, seconds, result):
         self.rows.append({"step": step, "seconds": round(seconds, 1), "result": result})
