@@ -243,7 +243,8 @@ def attn_uses_seq_lens(implementation):
 
 def configure_stage(model, stage, use_lora=False, train_vision_tower=True):
     """Sets `requires_grad` for a stage: stage 1 trains the projector only; stage 2 trains the language model,
-    the projector and (if `train_vision_tower`) the vision tower. With LoRA, PEFT freezes the base weights itself and
+    the projector and (if `train_vision_tower`) the vision tower, less what its forward never uses
+    (`unused_vision_parameters`). With LoRA, PEFT freezes the base weights itself and
     the vision tower stays frozen. Stage "vpgc" trains the VPG-C module only. Returns the number of trainable
     parameters."""
     base = model.model
