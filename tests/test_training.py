@@ -165,7 +165,10 @@ def test_recipe_runs_warn_neither_about_packed_attention_nor_deprecated_argument
     `vift_packed_sdpa` was set unchecked ("undefined behavior") and no deprecation warning about the YAML's arguments."""
     for log in (recipe_runs["log1"], recipe_runs["log2"]):
         assert "undefined behavior" not in log and "without finding the associated sub-model" not in log
-        assert "deprecated" not in log, [line for line in log.splitlines() if "deprecated" in line]
+        # TRL's own SFTConfig knows only `gradient_checkpointing` on the oldest transformers; from 5.24 on, transformers
+    # warns that name (and its _kwargs) is deprecated (TRL's default trips it too): that warning, no other, is expected.
+    deprecated = [line for line in log.splitlines() if "deprecated" in line]
+    assert all("`gradient_checkpointing" in line or "`{old}` is deprecated" in line for line in deprecated), deprecated
 
 
 def test_from_components_towers_share_the_composite_config_so_attention_switches_are_checked(tiny_assets):  # noqa: F811
@@ -200,8 +203,9 @@ TRAINING_YAMLS = sorted(name for name in os.listdir(os.path.join(REPO, "recipes"
 @pytest.mark.parametrize("name", TRAINING_YAMLS)
 def test_shipped_training_yamls_parse_without_deprecation_warnings(name):
     """Every training YAML under recipes/ parses through the parser that runs it (the recipes' `make_parser`; TRL's
-    own for `trl_sft_vift.yaml`) without a warning under the installed transformers, and asks for the activation
-    checkpointing it means (on at full scale, off in the tiny CPU recipes)."""
+    own for `trl_sft_vift.yaml`, which can only say `gradient_checkpointing` and so gets transformers 5.24's
+    deprecation warning, nothing else) under the installed transformers, and asks for the activation checkpointing it
+    means (on at full scale, off in the tiny CPU recipes)."""
     import logging
     import warnings
 
@@ -224,11 +228,14 @@ def test_shipped_training_yamls_parse_without_deprecation_warnings(name):
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
-    assert not [str(w.message) for w in caught], name
-    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING], name
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    if name == "trl_sft_vift.yaml":  # TRL's own SFTConfig takes only the old name, deprecated from transformers 5.24
+        messages = [m for m in messages if not m.startswith(("`gradient_checkpointing` is deprecated",
+                                                             "`gradient_checkpointing_kwargs` is deprecated"))]
+    assert not messages, name
     training_args = parsed[1]
     assert training_args.gradient_checkpointing is (not name.startswith("tiny_"))
-    if not name.startswith("tiny_") and name != "trl_sft_vift.yaml":  # TRL's parser drops the key before 5.24
+    if not name.startswith("tiny_") and name != "trl_sft_vift.yaml":  # transformers 5.24 moves TRL's to the new name
         assert training_args.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
@@ -371,7 +378,10 @@ def test_trl_sft_cli_trains_a_vift_checkpoint_on_a_conversational_dataset(tiny_a
     trl = os.path.join(os.path.dirname(sys.executable), "trl")
     log = run_command([trl, "sft", "--config", config_path], timeout=400)
     assert "Training completed" in log
-    assert "deprecated" not in log, [line for line in log.splitlines() if "deprecated" in line]
+    # TRL's own SFTConfig knows only `gradient_checkpointing` on the oldest transformers; from 5.24 on, transformers
+    # warns that name (and its _kwargs) is deprecated (TRL's default trips it too): that warning, no other, is expected.
+    deprecated = [line for line in log.splitlines() if "deprecated" in line]
+    assert all("`gradient_checkpointing" in line or "`{old}` is deprecated" in line for line in deprecated), deprecated
     losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in log.splitlines() if "'loss': '" in line]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     model = ViFTForConditionalGeneration.from_pretrained(tmp_path / "out")
